@@ -1,0 +1,46 @@
+# fvmatch: `make demo` runs the pipeline end to end on built-in data, `make test` runs the tests.
+# Both create .venv when it is missing and install what they need; a second run installs nothing
+# (the stamp file is keyed on the dependency files).
+
+SHELL := /bin/bash
+VENV  := .venv
+VPY   := $(VENV)/bin/python
+# First supported interpreter found (3.11 preferred, then 3.12, 3.10); override with `make PYTHON=...`.
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.10; do command -v $$p >/dev/null && { echo $$p; break; }; done)
+DEPS_HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(DEPS_HASH)
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+WITH_DISPLAY := tools/with-display.sh
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv clean-demo bench help
+
+help:
+	@echo "make demo   - generate a demo stimulus set, run simulated participants, analyse (data/*/demo)"
+	@echo "make test   - run the test suite (window tests under Xvfb)"
+	@echo "make bench  - run the CPU-runnable benchmarks in bench/"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@if [ -z "$(PYTHON)" ]; then echo "error: need Python 3.10-3.12 (python3.11 recommended) on PATH" >&2; exit 1; fi
+	@test -x $(VPY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet $(TORCH_PINS)
+	$(VPY) -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: $(STAMP)
+	@$(WITH_DISPLAY) $(VPY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	@$(WITH_DISPLAY) $(VPY) -m stimuli_gen.demo_pipeline
+
+bench: $(STAMP)
+	$(VPY) bench/exemplars.py --quick
+	$(VPY) bench/render.py --quick
+	$(VPY) bench/analysis.py
+
+clean-demo:
+	rm -rf data/stimuli/demo data/sessions/demo data/results/demo data/collections/builtin

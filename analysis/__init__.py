@@ -1,0 +1,1 @@
+"""Analyse sessions: accuracy by condition and mixed-effects models."""

@@ -1,0 +1,232 @@
+"""Contract 2: session data, ``data/sessions/<experiment>/sub-<participant>_ses-<session>/``.
+
+Layout::
+
+    session.json    metadata: ids, status, start/end, stimulus set id and manifest hash, design
+                    and seed, monitor, software versions, frame statistics
+    trials.csv      one row per finished trial, appended and fsync'd before the next trial starts
+    psychopy/       PsychoPy's own ExperimentHandler files (<participant>_<experiment>_<date>.*)
+
+Row ``i`` of the reference side (top to bottom) shows unit ``unit_i``. Candidate row ``j`` shows
+unit ``unit_<candidate_units[j]>``. ``assignment[i]`` is the candidate row the participant paired
+with reference row ``i``; ``correct_i`` says whether that candidate row shows ``unit_i``.
+Lists inside a cell are ``;``-separated integers; richer cells (``stimuli``, ``clicks``) are JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from contracts.common import ContractError, check_schema, read_json, read_table, require_fields, write_json_atomic
+
+SCHEMA = "fvmatch.session"
+SCHEMA_VERSION = "1.0"
+SESSION_FILE = "session.json"
+TRIALS_FILE = "trials.csv"
+PSYCHOPY_DIR = "psychopy"
+TRIAL_TYPES = ("exemplar", "feature_vis")
+STATUSES = ("running", "completed", "aborted")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Column name -> kind, in file order. Writers write exactly these (plus declared extras).
+TRIAL_COLUMNS: dict[str, str] = {
+    "experiment": "str",
+    "participant": "str",
+    "session": "int",
+    "trial_index": "int",  # 0-based position in the session's trial list (practice included)
+    "block": "int",
+    "is_practice": "bool",
+    "is_catch": "bool",
+    "trial_type": "str",  # exemplar | feature_vis
+    "layer_group": "str",  # early | middle | late (catch trials too)
+    "n_images": "int",  # images per unit on each side: 1, 3 or 5
+    "unit_0": "str", "unit_1": "str", "unit_2": "str",
+    "layer_0": "str", "layer_1": "str", "layer_2": "str",
+    "channel_0": "int", "channel_1": "int", "channel_2": "int",
+    "candidate_units": "str",  # e.g. "2;0;1": candidate row j shows unit_<k>
+    "assignment": "str",  # e.g. "1;2;0": reference row i paired with candidate row assignment[i]
+    "correct_0": "bool", "correct_1": "bool", "correct_2": "bool",
+    "n_correct": "int",  # 0, 1 or 3 (two right forces the third)
+    "trial_correct": "bool",
+    "rt_first_click": "float",  # seconds from stimulus onset
+    "rt_confirm": "float",  # seconds from stimulus onset to the confirming click
+    "clicks": "str",  # JSON [[t, "candidate"|"reference"|"confirm", row], ...]
+    "stimuli": "str",  # JSON [{"side", "row", "unit", "file", "x", "y", "size"}, ...] (deg)
+    "frames": "int",
+    "frames_dropped": "int",
+    "frame_interval_mean_ms": "float",
+    "frame_interval_sd_ms": "float",
+    "onset": "str",  # ISO time of stimulus onset
+}
+
+SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "experiment": str,
+    "participant": str,
+    "session": int,
+    "status": str,
+    "started": str,
+    "ended": (str, type(None)),
+    "stimulus_set": dict,  # {"set_id", "path", "manifest_sha256", "random_weights"}
+    "design": dict,  # the full design config as used, including its seed
+    "seed": int,
+    "monitor": dict,  # {"name", "distance_cm", "width_cm", "resolution"}
+    "software": dict,
+    "n_trials_planned": int,
+    "n_trials_completed": int,
+    "frame_stats": dict,
+    "simulated": (str, type(None)),  # None for a person, else the simulated policy
+}
+
+
+def validate_id(value: str, what: str = "participant id") -> str:
+    """Ids become folder names: letters, digits, '-' and '_' only, so they never escape the data folder."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ValueError(f"invalid {what} {value!r}: use 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+def session_dir(sessions_root: os.PathLike | str, experiment: str, participant: str, session: int) -> Path:
+    """The folder of one participant's session; all three parts are validated."""
+    validate_id(experiment, "experiment name")
+    validate_id(participant)
+    if not isinstance(session, int) or isinstance(session, bool) or not 0 <= session < 1000:
+        raise ValueError(f"invalid session number {session!r}: use an integer 0-999")
+    return Path(sessions_root) / experiment / f"sub-{participant}_ses-{session:02d}"
+
+
+def now_iso() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+def write_session_info(folder: os.PathLike | str, info: dict) -> Path:
+    """Write (or rewrite) session.json atomically. ``schema`` fields are added here."""
+    path = Path(folder) / SESSION_FILE
+    full = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **info}
+    _validate_session_info(path, full)
+    write_json_atomic(path, full)
+    return path
+
+
+def read_session_info(folder: os.PathLike | str) -> dict:
+    path = Path(folder) / SESSION_FILE
+    info = read_json(path)
+    _validate_session_info(path, info)
+    return info
+
+
+def _validate_session_info(path: Path, info: dict) -> None:
+    check_schema(path, info, SCHEMA, int(SCHEMA_VERSION.split(".")[0]))
+    require_fields(path, info, SESSION_FIELDS)
+    if info["status"] not in STATUSES:
+        raise ContractError(path, f"field 'status' is {info['status']!r}, expected one of {STATUSES}")
+    require_fields(path, info["stimulus_set"], {"set_id": str, "manifest_sha256": str}, "stimulus_set.")
+
+
+class TrialLog:
+    """Append-only trials.csv: each row is flushed and fsync'd before ``append`` returns.
+
+    Reopening an existing file checks its header, so a resumed session appends to the same table.
+    """
+
+    def __init__(self, path: os.PathLike | str, extra_columns: tuple[str, ...] = ()):
+        self.path = Path(path)
+        self.columns = list(TRIAL_COLUMNS) + [c for c in extra_columns if c not in TRIAL_COLUMNS]
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+            if header != self.columns:
+                raise ContractError(self.path, "existing trials table has different columns; refusing to append")
+            self._repair_partial_last_line()
+        self._f = open(self.path, "a", newline="", encoding="utf-8")
+        self._w = csv.DictWriter(self._f, fieldnames=self.columns, extrasaction="raise")
+        if not exists:
+            self._w.writeheader()
+            self._sync()
+
+    def _repair_partial_last_line(self) -> None:
+        # A kill during a write can leave half a row without its newline: drop it (that trial is redone).
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, row: dict) -> None:
+        missing = [c for c in self.columns if c not in row]
+        if missing:
+            raise ValueError(f"trial row lacks column(s) {', '.join(missing)}")
+        self._w.writerow({c: _cell(row[c]) for c in self.columns})
+        self._sync()
+
+    def _sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> "TrialLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _cell(v):
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (list, tuple)) and all(isinstance(x, int) for x in v):
+        return format_int_list(v)
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))
+    if v is None:
+        return ""
+    return v
+
+
+def format_int_list(values) -> str:
+    return ";".join(str(int(v)) for v in values)
+
+
+def parse_int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(";")] if text else []
+
+
+def read_trials(folder_or_file: os.PathLike | str, allow_empty: bool = True) -> pd.DataFrame:
+    """Read and validate a trials table. Errors name the file, row and column."""
+    p = Path(folder_or_file)
+    path = p / TRIALS_FILE if p.is_dir() else p
+    df = read_table(path, TRIAL_COLUMNS, allow_empty=allow_empty)
+    for col, allowed in (("trial_type", TRIAL_TYPES),):
+        bad = ~df[col].isin(allowed)
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise ContractError(path, f"column '{col}', row {i + 1}: {df[col].iloc[i]!r} is not one of {allowed}")
+    for col in ("candidate_units", "assignment"):
+        for i, text in enumerate(df[col]):
+            try:
+                perm = parse_int_list(text)
+            except ValueError:
+                perm = []
+            if sorted(perm) != [0, 1, 2]:
+                raise ContractError(path, f"column '{col}', row {i + 1}: {text!r} is not a permutation like '2;0;1'")
+    dup = df.trial_index.duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        raise ContractError(path, f"column 'trial_index', row {i + 1}: trial {df.trial_index.iloc[i]} appears twice")
+    for i, (cu, asg) in enumerate(zip(df.candidate_units, df.assignment)):
+        cand, a = parse_int_list(cu), parse_int_list(asg)
+        expect = [cand[a[r]] == r for r in range(3)]
+        got = [bool(df[f"correct_{r}"].iloc[i]) for r in range(3)]
+        if expect != got:
+            raise ContractError(path, f"row {i + 1}: correct_0..2 {got} disagree with candidate_units/assignment {expect}")
+    return df
+

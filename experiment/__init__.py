@@ -1,0 +1,1 @@
+"""Run a participant session of the matching task (PsychoPy)."""

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run a command with an X display: the real one if DISPLAY is set, else a virtual one (Xvfb with
+# Mesa GL). Installs Xvfb/Mesa with apt-get when missing and we are root; otherwise says what to do.
+set -euo pipefail
+PKGS="xvfb xauth libgl1 libglu1-mesa libgl1-mesa-dri libjack-jackd2-0"
+
+have_gl() { ldconfig -p 2>/dev/null | grep -q 'libGL.so.1' && ldconfig -p 2>/dev/null | grep -q 'libGLU.so.1'; }
+have_jack() { ldconfig -p 2>/dev/null | grep -q 'libjack.so.0'; }
+
+if [ -n "${DISPLAY:-}" ] && [ -z "${FVMATCH_FORCE_XVFB:-}" ]; then
+  exec "$@"
+fi
+
+if ! command -v xvfb-run >/dev/null || ! have_gl || ! have_jack; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "with-display: installing $PKGS (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq $PKGS >/dev/null
+  else
+    echo "error: no DISPLAY and no Xvfb/Mesa GL. Install them, e.g. on Debian/Ubuntu:" >&2
+    echo "  sudo apt-get install $PKGS" >&2
+    echo "or run on a machine with a display." >&2
+    exit 1
+  fi
+fi
+# 24-bit depth: at 16 bits pyglet hangs when opening a window under Xvfb.
+exec xvfb-run -a -s "-screen 0 1920x1080x24" "$@"
