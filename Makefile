@@ -13,11 +13,12 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 WITH_DISPLAY := tools/with-display.sh
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv clean-demo bench help
+.PHONY: demo test test-slow venv clean-demo bench help
 
 help:
 	@echo "make demo   - generate a demo stimulus set, run simulated participants, analyse (data/*/demo)"
 	@echo "make test   - run the test suite (window tests under Xvfb)"
+	@echo "make test-slow - run the slow repetition tests (coverage of intervals over simulations)"
 	@echo "make bench  - run the CPU-runnable benchmarks in bench/"
 
 venv: $(STAMP)
@@ -33,6 +34,10 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	@$(WITH_DISPLAY) $(VPY) -m pytest $(PYTEST_ARGS)
+
+# The repetition tests (interval coverage over many simulated data sets); minutes, not in `make test`.
+test-slow: $(STAMP)
+	@$(WITH_DISPLAY) $(VPY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	@$(WITH_DISPLAY) $(VPY) -m stimuli_gen.demo_pipeline
