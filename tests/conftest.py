@@ -19,6 +19,6 @@ def builtin_collection(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fixture_set(tmp_path_factory) -> Path:
-    """A valid stimulus set (12 units, 6 images per kind), made without torch. Do not modify it."""
+    """A valid stimulus set (12 units, 10 images per kind, 64 px), made without torch. Do not modify it."""
     base = tmp_path_factory.mktemp("stimuli")
     return make_fixture_set(base / "fixture-set", base / "collection")

@@ -25,7 +25,7 @@ def grating(size: int, angle: float, hue: np.ndarray, freq: float) -> np.ndarray
     return (255 * (g[..., None] * hue[None, None, :] + (1 - g[..., None]) * (1 - hue[None, None, :]))).astype(np.uint8)
 
 
-def make_fixture_set(root: Path, collection_dir: Path, units_per_group: int = 4, k: int = 6, seed: int = 0,
+def make_fixture_set(root: Path, collection_dir: Path, units_per_group: int = 4, k: int = 10, seed: int = 0,
                      size: int = 64) -> Path:
     """Write a stimulus set with ``units_per_group`` units per layer group and ``k`` images per kind."""
     rng = np.random.default_rng(seed)

@@ -21,7 +21,7 @@ def test_stimulus_set_round_trip(fixture_set):
     assert set(s.images.kind) == {"natural_max", "natural_min", "feature_vis"}
     assert s.verify_files() == []
     top = s.unit_images(s.units.unit_id[0], "natural_max")
-    assert list(top["rank"]) == list(range(6)) and top.activation.is_monotonic_decreasing
+    assert list(top["rank"]) == list(range(10)) and top.activation.is_monotonic_decreasing
 
 
 @pytest.fixture
