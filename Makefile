@@ -40,7 +40,7 @@ test-slow: $(STAMP)
 	@$(WITH_DISPLAY) $(VPY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	@$(WITH_DISPLAY) $(VPY) -m stimuli_gen.demo_pipeline
+	@$(WITH_DISPLAY) tools/demo.sh
 
 bench: $(STAMP)
 	$(VPY) bench/exemplars.py --quick

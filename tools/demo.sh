@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make demo`: the whole pipeline on built-in data, as a user would run it, in three commands.
+# Demo settings (stated in every output): 3 units per layer group, 10 exemplars, 5 feature
+# visualizations per unit at 128 px with 32 optimization steps (a real set: 512 steps at 224 px on a GPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+STIMULI=data/stimuli/demo
+SESSIONS=data/sessions/demo
+RESULTS=data/results/demo
+start=$(date +%s)
+
+echo "== 1/3 stimuli: $STIMULI"
+"$BIN/fvmatch-stimuli" --out "$STIMULI" --collection builtin --weights auto \
+  --units-per-group 3 --k 10 --fv-per-unit 5 --fv-steps 32 --fv-size 128 --seed 0 --overwrite
+
+echo "== 2/3 sessions: simulated participants in the real PsychoPy window -> $SESSIONS"
+rm -rf "$SESSIONS"  # demo sessions only: a real experiment's folder is never deleted by fvmatch
+i=0
+for policy in noisy:0.9 noisy:0.75 noisy:0.6 random; do
+  i=$((i + 1))
+  "$BIN/fvmatch-session" --stimuli "$STIMULI" --design demo --experiment demo --participant "sim0$i" \
+    --session 1 --simulate "$policy" --data-dir data/sessions --no-dialog
+done
+
+echo "== 3/3 analysis -> $RESULTS"
+"$BIN/fvmatch-analyze" "$SESSIONS" --out "$RESULTS"
+
+echo
+echo "demo finished in $(( $(date +%s) - start )) s"
+echo "report: $RESULTS/report.html  (also report.md, tables *.csv, figures/)"
