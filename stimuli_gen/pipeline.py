@@ -1,0 +1,290 @@
+"""Generate a whole stimulus set: units, natural exemplars, feature visualizations, manifest.
+
+Order of work: every check that can fail (output folder, collection, weights, layer groups, units,
+k against the collection) runs before the first image is decoded. Under torchrun each rank streams
+its shard of the collection, the candidate lists are merged exactly, rank 0 re-scores the
+candidates in fp32 and writes the crops, every rank takes part in rendering, and rank 0 writes the
+set through ``contracts.stimulus_set.write_stimulus_set``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from contracts.common import sha256_json, software_versions
+from contracts.stimulus_set import _SET_ID, image_relpath, write_stimulus_set
+from stimuli_gen import distributed as D
+from stimuli_gen.collection import DECODERS, Preprocess, list_collection
+from stimuli_gen.config import GeneratorConfig
+from stimuli_gen.exemplars import PassOptions, choose_exemplars, pass_fingerprint, rescore, run_pass, write_crops
+from stimuli_gen.models import (DEFAULT_LAYER_GROUPS, RANDOM_WEIGHTS_WARNING, RELU_MODES, TORCHVISION_WEIGHTS_FILE,
+                                LoadedModel, load_model)
+from stimuli_gen.topk import EMPTY_INDEX
+from stimuli_gen.units import parse_unit_list, read_unit_file, sample_units
+
+WORK_DIR = ".work"  # checkpoints inside the output folder, removed when the set is complete
+SKIPPED_TABLE = "skipped_files.csv"
+CONVERTED_TABLE = "converted_files.csv"
+COLLECTION_TABLE = "collection_files.csv"
+VALIDATION_TABLE = "validation.csv"
+
+RANDOM_BANNER = "!" * 100
+
+
+def resolve_weights(name: str, weights: str) -> tuple[str, str | None]:
+    """``auto``: pretrained when torchvision's cache already holds the file, else random (with a note)."""
+    if weights != "auto":
+        return weights, None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_WEIGHTS_FILE
+    if name == "torchvision_googlenet" and cached.is_file():
+        return "pretrained", None
+    why = (f"{cached} is not in torchvision's cache" if name == "torchvision_googlenet"
+           else "lucid_inceptionv1 has no download")
+    return "random", f"--weights auto fell back to RANDOM WEIGHTS because {why} (demo only)."
+
+
+def _layer_groups(cfg: GeneratorConfig, model: LoadedModel) -> dict[str, list[str]]:
+    groups = cfg.model.layer_groups or DEFAULT_LAYER_GROUPS[model.name]
+    for group, layers in groups.items():
+        for layer in layers:
+            if layer not in model.net.channels:
+                raise ValueError(f"layer group {group!r}: unknown layer {layer!r} for {model.name}; "
+                                 f"layers: {list(model.net.layer_names)}")
+    return {g: list(v) for g, v in groups.items()}
+
+
+def _units(cfg: GeneratorConfig, model: LoadedModel, groups: dict[str, list[str]]) -> pd.DataFrame:
+    if cfg.units.explicit:
+        units = parse_unit_list(cfg.units.explicit, groups)
+    elif cfg.units.file:
+        units = read_unit_file(cfg.units.file, groups)
+    else:
+        seed = cfg.run.seed if cfg.units.seed is None else cfg.units.seed
+        return sample_units(groups, model.net.channels, cfg.units.per_group, seed)
+    model.check_units(zip(units.layer, units.channel))
+    bad = units[~units.group.isin(list(groups))]
+    if len(bad):
+        raise ValueError(f"unit {bad.unit_id.iloc[0]}: group {bad.group.iloc[0]!r} is not a layer group {list(groups)}")
+    return units
+
+
+def _workers(n: int) -> int:
+    return max(0, min((os.cpu_count() or 1) - 1, 16)) if n < 0 else n
+
+
+def _relative_source(path: str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
+def generate(cfg: GeneratorConfig) -> Path | None:
+    """Run the whole generator. Returns the set folder on rank 0 (None on other ranks)."""
+    t_start = time.perf_counter()
+    info, device = D.init_from_env(cfg.run.device)
+    say = print if info.is_main else (lambda *a, **k: None)
+    try:
+        return _generate(cfg, info, device, say, t_start)
+    finally:
+        D.shutdown(info)
+
+
+def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say, t_start: float) -> Path | None:
+    ex, col = cfg.exemplars, cfg.collection
+    # ---- checks before any work ----
+    if not cfg.run.out:
+        raise ValueError("no output folder: pass --out DIR (or [run] out in the config)")
+    out = Path(cfg.run.out)
+    if not _SET_ID.match(out.name):
+        raise ValueError(f"output folder name {out.name!r} is not a valid set id (letters, digits, '_', '-', '.')")
+    if ex.statistic not in ("mean", "max"):
+        raise ValueError(f"statistic must be 'mean' or 'max', got {ex.statistic!r}")
+    if ex.relu not in RELU_MODES:
+        raise ValueError(f"relu must be one of {RELU_MODES}, got {ex.relu!r}")
+    if ex.k < 1 or ex.spares < 0:
+        raise ValueError(f"k must be >= 1 and spares >= 0 (got k={ex.k}, spares={ex.spares})")
+    decoder = col.decoder if col.decoder != "auto" else ("torchvision" if device.type == "cuda" else "pil")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be 'auto' or one of {DECODERS}, got {col.decoder!r}")
+    existing = out.is_dir() and any(p.name != WORK_DIR for p in out.iterdir())
+    if out.exists() and not cfg.run.resume:
+        if existing and not cfg.run.overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it or --resume to continue it")
+    D.barrier(info)  # every rank has checked before rank 0 removes anything
+    if info.is_main and cfg.run.overwrite and not cfg.run.resume and out.exists():
+        shutil.rmtree(out)
+    D.barrier(info)
+    source = col.source
+    if source == "builtin":
+        if info.is_main:
+            from stimuli_gen.builtin_collection import write_builtin_collection
+
+            write_builtin_collection(col.builtin_dir)
+        D.barrier(info)
+        source = col.builtin_dir
+    paths, root = list_collection(source)
+    n_needed = ex.k + ex.spares
+    if n_needed > len(paths):
+        raise ValueError(f"k + spares = {n_needed} exemplars per side requested but the collection {source} "
+                         f"has only {len(paths)} images")
+    weights, weights_note = resolve_weights(cfg.model.name, cfg.model.weights)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random-weights warning is printed below, louder
+        model = load_model(cfg.model.name, weights, seed=cfg.run.seed, device="cpu")
+    groups = _layer_groups(cfg, model)
+    model.layer_groups = groups
+    units = _units(cfg, model, groups)
+    notes = []
+    if model.random_weights:
+        notes.append(RANDOM_WEIGHTS_WARNING)
+        if weights_note:
+            notes.append(weights_note)
+        say(f"{RANDOM_BANNER}\n{' '.join(notes)}\n{RANDOM_BANNER}", file=sys.stderr)
+    pp = Preprocess(resize=col.resize, crop=col.crop, min_side=col.min_side, background=tuple(col.background))
+    margin = ex.k if ex.margin is None else ex.margin
+    opts = PassOptions(statistic=ex.statistic, relu=ex.relu, precision=ex.precision, channels_last=ex.channels_last,
+                       batch_size=col.batch_size, workers=_workers(col.workers), decoder=decoder,
+                       keep=min(n_needed + margin, len(paths)), checkpoint_every_s=ex.checkpoint_every_s)
+    precision = opts.resolved_precision(device)
+    say(f"model {model.name} ({model.weights['identity']}), device {device}, {info.world_size} process(es), "
+        f"{len(units)} units in {len(groups)} groups, {len(paths)} images from {source}, decoder {decoder}, "
+        f"{precision}, {opts.workers} loader workers")
+
+    # ---- the exemplar pass over this rank's shard ----
+    work = out / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    all_channels = ({l: model.net.channels[l] for l in model.net.layer_names if any(l in v for v in groups.values())}
+                    if ex.save_activations else None)
+    fingerprint = pass_fingerprint(paths=sha256_json(paths), units=units.to_dict("list"), pp=pp.to_dict(),
+                                   opts=vars(opts) | {"checkpoint_every_s": None, "workers": None, "batch_size": None},
+                                   model=model.name, weights=model.weights, world=info.world_size, rank=info.rank,
+                                   all_channels=all_channels)
+    indices = D.shard(list(range(len(paths))), info)
+    res = run_pass(model.net, paths, indices, units, pp, opts, device,
+                   checkpoint_path=work / f"pass_rank{info.rank}.pt", resume=cfg.run.resume, fingerprint=fingerprint,
+                   progress=cfg.run.progress and info.is_main,
+                   activations_path=work / f"activations_rank{info.rank}.npy" if all_channels else None,
+                   all_channels=all_channels)
+    lists = D.merge_across_ranks(res.lists.to("cpu"), info)
+    gathered = D.gather_objects({"skipped": res.skipped, "converted": res.converted, "n": res.n_seen,
+                                 "seconds": res.seconds}, info)
+    skipped = sorted(s for g in gathered for s in g["skipped"])
+    converted = sorted(s for g in gathered for s in g["converted"])
+    pass_seconds = max(g["seconds"] for g in gathered)
+    n_seen = sum(g["n"] for g in gathered)
+
+    # ---- choose exemplars (fp32 re-scoring of the candidates) and write the crops ----
+    natural = None
+    if info.is_main:
+        res_lists = lists.result()
+        cand = sorted({int(i) for side in res_lists.values() for i in side[1].flatten() if int(i) != EMPTY_INDEX})
+        # fp32 re-scoring is needed when the pass differs from the PIL crops in fp32 (bf16, or the
+        # torchvision decoder); hashes only for near-duplicate skipping
+        exact_pass = precision == "fp32" and decoder == "pil"
+        values, hashes = rescore(model.net, paths, cand, units, pp, ex.statistic, ex.relu, device, col.batch_size,
+                                 with_values=not exact_pass, with_hashes=ex.dedupe_hamming >= 0)
+        natural = choose_exemplars(lists, None if exact_pass else values, hashes, units, n_needed, ex.dedupe_hamming)
+        natural["file"] = [image_relpath(u, k, r) for u, k, r in zip(natural.unit_id, natural.kind, natural["rank"])]
+        natural["source"] = [_relative_source(paths[i], root) for i in natural.image_index]
+        natural["spare"] = natural["rank"] >= ex.k
+        write_crops(natural, paths, pp, out)
+        n_changed = int((natural.activation != natural.pass_activation).sum())
+        say(f"exemplars: {len(natural)} crops from {len(cand)} candidates" + (
+            "" if exact_pass else f"; fp32 re-scoring changed {n_changed} values of the {precision} pass"))
+
+    # ---- feature visualizations (every rank; the renderer shards units) ----
+    fv_rows, fv_params, val = None, None, None
+    if cfg.feature_vis.per_unit > 0:
+        from stimuli_gen.render import RenderConfig, render_feature_visualizations, validate_feature_vis
+
+        overrides = {"n_per_unit": cfg.feature_vis.per_unit, "seed": cfg.run.seed, **cfg.feature_vis.overrides}
+        rcfg = RenderConfig.from_preset(cfg.feature_vis.preset, **overrides)
+        fv_params = rcfg.to_dict()
+        fv_rows = render_feature_visualizations(model, units, rcfg, out, device=device, checkpoint_dir=work / "fv",
+                                                progress=cfg.run.progress and info.is_main)
+        if info.is_main:
+            val = validate_feature_vis(fv_rows, natural)
+
+    if not info.is_main:
+        D.barrier(info)
+        return None
+
+    # ---- write the set (rank 0) ----
+    extra = [SKIPPED_TABLE, CONVERTED_TABLE, COLLECTION_TABLE]
+    pd.DataFrame([(i, _relative_source(paths[i], root), r) for i, r in skipped],
+                 columns=["index", "source", "reason"]).to_csv(out / SKIPPED_TABLE, index=False)
+    pd.DataFrame([(i, _relative_source(paths[i], root), r) for i, r in converted],
+                 columns=["index", "source", "conversion"]).to_csv(out / CONVERTED_TABLE, index=False)
+    pd.DataFrame({"index": range(len(paths)), "source": [_relative_source(p, root) for p in paths]}).to_csv(
+        out / COLLECTION_TABLE, index=False)
+    if val is not None:
+        val.to_csv(out / VALIDATION_TABLE, index=False)
+        extra.append(VALIDATION_TABLE)
+    if all_channels:
+        extra += _combine_activations(out, work, all_channels, len(paths), info.world_size)
+    images = pd.concat([natural, fv_rows], ignore_index=True) if fv_rows is not None else natural
+    seeds = {"run": cfg.run.seed, "units": cfg.run.seed if cfg.units.seed is None else cfg.units.seed,
+             "weights": model.weights.get("seed"), "feature_vis": cfg.run.seed}
+    parameters = {
+        "config": cfg.to_dict(),
+        "collection": {"source": str(source), "root": str(root), "n_listed": len(paths), "n_used": n_seen - len(skipped),
+                       "n_skipped": len(skipped), "n_converted": len(converted), "paths_sha256": sha256_json(paths),
+                       "preprocess": pp.to_dict(), "decoder": decoder},
+        "exemplars": {"statistic": ex.statistic, "relu": ex.relu, "k": ex.k, "spares": ex.spares, "margin": margin,
+                      "candidates_per_side": opts.keep, "pass_precision": precision,
+                      "final_precision": "fp32 (the pass itself)" if exact_pass else "fp32 (candidates re-scored, TF32 off)", "channels_last": ex.channels_last,
+                      "dedupe_hamming": ex.dedupe_hamming, "tie_break": "lower image index first",
+                      "save_activations": ex.save_activations},
+        "sampling": {"per_group": cfg.units.per_group, "explicit": cfg.units.explicit, "file": cfg.units.file,
+                     "method": "uniform without replacement over the (layer, channel) pairs of each group"},
+        "feature_vis": fv_params if fv_params is not None else {"per_unit": 0, "skipped": True},
+        "distributed": {"world_size": info.world_size, "sharding": "strided by rank"},
+        "device": str(device),
+    }
+    manifest = {"set_id": out.name, "model": {"name": model.name, "weights": model.weights},
+                "random_weights": model.random_weights, "layer_groups": groups, "parameters": parameters,
+                "seeds": seeds, "software": software_versions(["torch", "torchvision", "scikit-image", "pillow"]),
+                "notes": notes, "extra_files": extra}
+    write_stimulus_set(out, manifest, units, images)
+    shutil.rmtree(work, ignore_errors=True)
+    total = time.perf_counter() - t_start
+    say(f"summary: {n_seen} images read in the pass ({len(skipped)} skipped, {len(converted)} converted) in "
+        f"{pass_seconds:.1f} s = {n_seen / max(pass_seconds, 1e-9):.1f} images/s; total {total:.1f} s; "
+        f"set written to {out}")
+    if skipped:
+        say(f"skipped files ({len(skipped)}), see {out / SKIPPED_TABLE}:")
+        for i, r in skipped[:10]:
+            say(f"  {paths[i]}: {r}")
+    if val is not None:
+        say("feature-visualization validation (validation.csv):")
+        say(val.describe(include="all").to_string() if len(val) else "  (empty)")
+    if notes:
+        say(f"{RANDOM_BANNER}\nNOTES: {' '.join(notes)}\n{RANDOM_BANNER}", file=sys.stderr)
+    D.barrier(info)
+    return out
+
+
+def _combine_activations(out: Path, work: Path, all_channels: dict[str, int], n: int, world: int) -> list[str]:
+    """One ``activations.npy`` (images x channels, float16, NaN rows for skipped files) in collection
+    order, from the per-rank shards (which need a shared file system under torchrun)."""
+    arr = np.lib.format.open_memmap(out / "activations.npy", mode="w+", dtype=np.float16,
+                                    shape=(n, sum(all_channels.values())))
+    for r in range(world):
+        part = np.load(work / f"activations_rank{r}.npy", mmap_mode="r")
+        arr[r::world] = part
+    arr.flush()
+    del arr
+    pd.DataFrame([(layer, c) for layer, nc in all_channels.items() for c in range(nc)],
+                 columns=["layer", "channel"]).rename_axis("column").to_csv(out / "activations_columns.csv")
+    return ["activations.npy", "activations_columns.csv"]

@@ -1,0 +1,79 @@
+"""Which units a stimulus set is about: seeded sampling per layer group, or an explicit list.
+
+Pure functions; the result is a DataFrame with the contract columns ``unit_id, group, layer, channel``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from contracts.stimulus_set import make_unit_id
+
+
+def sample_units(layer_groups: dict[str, list[str]], channels: dict[str, int], per_group: int, seed: int) -> pd.DataFrame:
+    """``per_group`` distinct units from each group, uniformly over all (layer, channel) pairs of the group.
+
+    Groups are processed in the order given, each from its own generator seeded by ``(seed, group
+    position)``, so adding a group does not change the units drawn for the others.
+    """
+    rows = []
+    seen: set[tuple[str, int]] = set()
+    for g, (group, layers) in enumerate(layer_groups.items()):
+        for layer in layers:
+            if layer not in channels:
+                raise ValueError(f"layer group {group!r}: unknown layer {layer!r}; layers: {list(channels)}")
+        pool = [(layer, c) for layer in dict.fromkeys(layers) for c in range(channels[layer]) if (layer, c) not in seen]
+        if per_group > len(pool):
+            raise ValueError(f"layer group {group!r} has {len(pool)} units, cannot sample {per_group}")
+        rng = np.random.default_rng([seed, g])
+        for i in sorted(rng.choice(len(pool), size=per_group, replace=False)):
+            layer, c = pool[i]
+            seen.add((layer, c))
+            rows.append({"unit_id": make_unit_id(layer, c), "group": group, "layer": layer, "channel": int(c)})
+    return pd.DataFrame(rows, columns=["unit_id", "group", "layer", "channel"])
+
+
+def parse_unit_list(specs: list[str], layer_groups: dict[str, list[str]]) -> pd.DataFrame:
+    """Explicit units, each ``layer:channel`` or ``layer:channel:group``. Without a group, the group
+    whose layers contain the layer is used. Duplicates are an error (a unit is never shown twice)."""
+    rows = []
+    for spec in specs:
+        parts = [p.strip() for p in str(spec).split(":")]
+        if len(parts) not in (2, 3) or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"unit {spec!r}: expected 'layer:channel' or 'layer:channel:group'")
+        layer, channel = parts[0], int(parts[1])
+        if len(parts) == 3:
+            group = parts[2]
+        else:
+            owners = [g for g, layers in layer_groups.items() if layer in layers]
+            if not owners:
+                raise ValueError(f"unit {spec!r}: layer {layer!r} is in no layer group {dict(layer_groups)}; "
+                                 f"write it as 'layer:channel:group'")
+            group = owners[0]
+        rows.append({"unit_id": make_unit_id(layer, channel), "group": group, "layer": layer, "channel": channel})
+    df = pd.DataFrame(rows, columns=["unit_id", "group", "layer", "channel"])
+    dup = df.unit_id[df.unit_id.duplicated()]
+    if len(dup):
+        raise ValueError(f"unit {dup.iloc[0]} listed twice")
+    if df.empty:
+        raise ValueError("the explicit unit list is empty")
+    return df
+
+
+def read_unit_file(path: str | Path, layer_groups: dict[str, list[str]]) -> pd.DataFrame:
+    """A CSV with columns ``layer, channel`` (and optionally ``group``), or a text file of ``layer:channel[:group]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"unit list not found: {path}")
+    if path.suffix.lower() == ".csv":
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if not {"layer", "channel"} <= set(df.columns):
+            raise ValueError(f"{path}: a unit CSV needs columns 'layer' and 'channel'")
+        specs = [f"{r.layer}:{r.channel}" + (f":{r.group}" if "group" in df.columns and r.group else "")
+                 for r in df.itertuples()]
+    else:
+        specs = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return parse_unit_list(specs, layer_groups)

@@ -1,0 +1,70 @@
+"""Unit sampling (seeded, distinct, per group), explicit unit lists, and the TOML config."""
+
+import pytest
+
+from stimuli_gen.config import GeneratorConfig
+from stimuli_gen.models import DEFAULT_LAYER_GROUPS, TorchvisionGoogLeNet
+from stimuli_gen.units import parse_unit_list, read_unit_file, sample_units
+
+GROUPS = DEFAULT_LAYER_GROUPS["torchvision_googlenet"]
+CH = TorchvisionGoogLeNet.channels
+
+
+def test_sampling_is_seeded_distinct_and_per_group():
+    a = sample_units(GROUPS, CH, 10, seed=0)
+    assert a.equals(sample_units(GROUPS, CH, 10, seed=0))
+    assert not a.equals(sample_units(GROUPS, CH, 10, seed=1))
+    assert a.groupby("group").size().to_dict() == {"early": 10, "middle": 10, "late": 10}
+    assert a.unit_id.is_unique
+    for r in a.itertuples():
+        assert r.layer in GROUPS[r.group] and 0 <= r.channel < CH[r.layer]
+        assert r.unit_id == f"{r.layer}_c{r.channel:04d}"
+
+
+def test_groups_draw_independently_and_never_repeat_a_unit():
+    small = {"early": ["inception3a"], "late": ["inception5b"]}
+    more = {"early": ["inception3a"], "late": ["inception5b"], "extra": ["inception4a"]}
+    a, b = sample_units(small, CH, 5, 2), sample_units(more, CH, 5, 2)
+    assert a.equals(b[b.group != "extra"].reset_index(drop=True))
+    # overlapping groups: the second group cannot take the first group's units
+    both = sample_units({"x": ["inception3a"], "y": ["inception3a"]}, CH, 128, 0)
+    assert both.unit_id.is_unique and len(both) == 256
+    with pytest.raises(ValueError, match="cannot sample 257"):
+        sample_units({"x": ["inception3a"]}, CH, 257, 0)
+    with pytest.raises(ValueError, match="unknown layer 'mixed4a'"):
+        sample_units({"x": ["mixed4a"]}, CH, 1, 0)
+
+
+def test_explicit_units(tmp_path):
+    df = parse_unit_list(["inception4a:17", "inception3a:3:late"], GROUPS)
+    assert df.to_dict("records") == [
+        {"unit_id": "inception4a_c0017", "group": "middle", "layer": "inception4a", "channel": 17},
+        {"unit_id": "inception3a_c0003", "group": "late", "layer": "inception3a", "channel": 3}]
+    with pytest.raises(ValueError, match="listed twice"):
+        parse_unit_list(["inception4a:1", "inception4a:1"], GROUPS)
+    with pytest.raises(ValueError, match="expected 'layer:channel'"):
+        parse_unit_list(["inception4a"], GROUPS)
+    with pytest.raises(ValueError, match="in no layer group"):
+        parse_unit_list(["conv1:0"], GROUPS)
+    (tmp_path / "u.csv").write_text("layer,channel\ninception5b,1000\n")
+    assert read_unit_file(tmp_path / "u.csv", GROUPS).unit_id.tolist() == ["inception5b_c1000"]
+    (tmp_path / "u.txt").write_text("# units\ninception3b:2\n\n")
+    assert read_unit_file(tmp_path / "u.txt", GROUPS).group.tolist() == ["early"]
+
+
+def test_config_toml_and_overrides(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[model]\nname = "lucid_inceptionv1"\n[model.layer_groups]\nearly = ["mixed3a"]\n'
+                 '[exemplars]\nk = 7\n[feature_vis.overrides]\nsteps = 64\n')
+    cfg = GeneratorConfig.from_toml(p)
+    assert cfg.model.name == "lucid_inceptionv1" and cfg.exemplars.k == 7 and cfg.feature_vis.overrides == {"steps": 64}
+    assert cfg.model.layer_groups == {"early": ["mixed3a"]} and cfg.exemplars.spares == 2
+    cfg.set("exemplars.k", 3)
+    assert cfg.to_dict()["exemplars"]["k"] == 3
+    with pytest.raises(ValueError, match="must be an integer"):
+        cfg.set("exemplars.k", "3")
+    with pytest.raises(ValueError, match="unknown setting 'exemplars.kk'"):
+        cfg.set("exemplars.kk", 3)
+    (tmp_path / "bad.toml").write_text("[exemplar]\nk = 1\n")
+    with pytest.raises(ValueError, match=r"unknown section \[exemplar\]"):
+        GeneratorConfig.from_toml(tmp_path / "bad.toml")
