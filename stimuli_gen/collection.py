@@ -141,7 +141,7 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> tuple[Image.Im
 
         a = np.asarray(img).astype(np.float64)
         scale = 255.0 / 65535.0 if mode.startswith("I;16") or a.max() > 255 else 1.0
-        img = Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
         return img.convert("RGB"), f"converted from {mode} (16-bit scaled to 8-bit)"
     if mode == "F":
         raise SkipImage("unsupported image mode F (floating point)")
@@ -168,17 +168,19 @@ def load_crop(path: str, pp: Preprocess) -> tuple[torch.Tensor, str | None]:
     return preprocess_pil(img, pp), note
 
 
-def _plain_jpeg(data: bytes, pp: Preprocess) -> bool:
+def _plain_jpeg(data: bytes, pp: Preprocess) -> str | None:
     """Whether these bytes can go to the batched torchvision/nvjpeg decoder: a baseline-looking JPEG
-    in RGB or L, complete (ends with the EOI marker), of reasonable size. Everything else takes the PIL path."""
+    in RGB or L, complete (ends with the EOI marker), of reasonable size. Returns its mode, or None
+    when it must take the PIL path."""
     if data[:3] != b"\xff\xd8\xff" or not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        return False
+        return None
     try:
         img = Image.open(io.BytesIO(data))  # header only
         w, h = img.size
-        return img.mode in ("RGB", "L") and pp.min_side <= min(w, h) and w * h <= 40_000_000
+        ok = img.mode in ("RGB", "L") and pp.min_side <= min(w, h) and w * h <= 40_000_000
+        return img.mode if ok else None
     except Exception:
-        return False
+        return None
 
 
 # ---- dataset and batches ----------------------------------------------------------------------
@@ -200,8 +202,10 @@ class ImageDataset(torch.utils.data.Dataset):
         path = self.paths[index]
         try:
             data = read_bytes(path)
-            if self.decoder == "torchvision" and _plain_jpeg(data, self.pp):
-                return index, "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8), None
+            mode = _plain_jpeg(data, self.pp) if self.decoder == "torchvision" else None
+            if mode:
+                return (index, "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                        None if mode == "RGB" else f"converted from {mode}")
             img, note = decode_rgb(data, self.pp)
             return index, "pixels", preprocess_pil(img, self.pp), note
         except SkipImage as e:
@@ -267,7 +271,9 @@ def batch_to_device(batch: Batch, paths: list[str], pp: Preprocess, device: torc
         from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
-            decoded = decode_jpeg(batch.jpegs, mode=ImageReadMode.RGB, device=device)
+            with warnings.catch_warnings():  # deprecated in favour of TorchCodec, still the nvjpeg route in 0.29
+                warnings.simplefilter("ignore", DeprecationWarning)
+                decoded = decode_jpeg(batch.jpegs, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # one bad stream fails the whole call: retry one by one
             decoded = []
             for t in batch.jpegs:
