@@ -1,0 +1,510 @@
+"""Mixed-effects models of matching accuracy. Pure functions (no I/O).
+
+Models (all share one design builder and one contrast/test machinery):
+
+``glmm_trial`` (primary)
+    Binomial GLMM (logit) of whole-trial correctness (chance 1/6). Trials are independent given the random
+    effects, so no within-trial dependence is ignored. Random intercepts: participant, and unit as a
+    multiple-membership effect (a trial's item effect is the mean of its three units' effects).
+``glmm_row``
+    Binomial GLMM of per-row correctness (chance 1/3), crossed participant and unit intercepts: the
+    trial's units (mean of the three, as in ``glmm_trial``) plus the row's own unit. The three rows of a trial form a permutation and are dependent; the model's covariance is
+    therefore replaced by a sandwich whose likelihood "meat" is clustered by trial (see ``_robust_cov``).
+``mixedlm_cells``
+    Frequentist cross-check: linear mixed model (REML, ``statsmodels.MixedLM``) of per-participant cell
+    accuracy (rows), participant random intercept. A linear probability model: effects are differences in
+    accuracy, not logits; units are averaged within cells.
+
+Both GLMMs are fitted with ``statsmodels``' ``BinomialBayesMixedGLM.fit_vb``: its posterior means agree
+with lme4::glmer to about 0.01 logit, but its mean-field ``fe_sd`` is far too small, so standard errors come
+from the inverse of the (analytic) Hessian of the log posterior at the fitted parameters (Laplace), which
+matched glmer's standard errors. Estimates are posterior means under N(0, fe_prior_sd^2) priors on fixed
+effects and log-normal priors on random-effect SDs; p-values are Wald tests on that covariance.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import patsy
+from scipy import sparse, stats
+from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+
+from analysis.accuracy import rows_long
+
+TYPE_LEVELS = ("exemplar", "feature_vis")
+LAYER_LEVELS = ("early", "middle", "late")
+N_AS = ("factor", "numeric")
+STATUS_OK, STATUS_WARN, STATUS_NA = "ok", "warning", "not_estimable"
+Z95 = stats.norm.ppf(0.975)
+
+
+@dataclass
+class ModelOptions:
+    n_as: str = "factor"  # n_images as a factor or as a numeric (centred) covariate
+    fe_prior_sd: float = 2.0  # statsmodels default; the prior matters only when the data say little
+    vcp_prior_sd: float = 1.0  # prior SD of log random-effect SDs
+    seed: int = 0  # fit_vb's random start of the variational SDs
+
+    def __post_init__(self):
+        if self.n_as not in N_AS:
+            raise ValueError(f"n_as must be one of {N_AS}, not {self.n_as!r}")
+
+
+@dataclass
+class ModelFit:
+    name: str
+    outcome: str  # trial | row | row (cell means)
+    method: str
+    formula: str = ""
+    scale: str = "logit"
+    status: str = STATUS_OK
+    warnings: list[str] = field(default_factory=list)  # problems: they set status "warning"
+    notes: list[str] = field(default_factory=list)  # information (e.g. a singular fit); status unchanged
+    fixed: pd.DataFrame = field(default_factory=pd.DataFrame)
+    random: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    contrasts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    n_obs: int = 0
+    n_participants: int = 0
+    n_units: int = 0
+    seconds: float = 0.0
+    se_method: str = ""
+
+    def summary_row(self) -> dict:
+        sd = dict(zip(self.random.component, self.random.sd)) if len(self.random) else {}
+        return {"model": self.name, "outcome": self.outcome, "scale": self.scale, "status": self.status,
+                "formula": self.formula, "method": self.method, "se_method": self.se_method,
+                "n_obs": self.n_obs, "n_participants": self.n_participants, "n_units": self.n_units,
+                "sd_participant": sd.get("participant", np.nan), "sd_unit": sd.get("unit", np.nan),
+                "sd_residual": sd.get("residual", np.nan), "seconds": round(self.seconds, 3),
+                "warnings": " | ".join(self.warnings), "notes": " | ".join(self.notes)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# design
+
+def model_frame(trials: pd.DataFrame, n_as: str) -> pd.DataFrame:
+    """Model variables with canonical level order (reference: exemplar, early, smallest n)."""
+    d = pd.DataFrame({
+        "participant": trials.participant.to_numpy(),
+        "type": pd.Categorical(trials.trial_type, categories=[t for t in TYPE_LEVELS if t in set(trials.trial_type)]),
+        "layer": pd.Categorical(trials.layer_group, categories=[g for g in LAYER_LEVELS if g in set(trials.layer_group)]),
+    })
+    n_levels = sorted(int(v) for v in trials.n_images.unique())
+    if n_as == "factor":
+        d["n"] = pd.Categorical(trials.n_images.astype(int), categories=n_levels)
+    else:
+        d["n"] = trials.n_images.to_numpy(dtype=float) - float(np.mean(n_levels))
+    return d
+
+
+def candidate_formulas(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """Right-hand sides from the requested full model to simpler ones, with a note of what each drops."""
+    present = []
+    for f in ("type", "layer", "n"):
+        levels = frame[f].nunique()
+        if levels >= 2:
+            present.append(f)
+    if not present:
+        return [("1", "no factor varies in the data: intercept only")]
+    out = [(" * ".join(present), "")]
+    if len(present) == 3:
+        out.append(("(type + layer + n) ** 2", "three-way interaction dropped"))
+        out.append(("type * layer + n", "interactions with n dropped"))
+    if len(present) >= 2:
+        out.append((" + ".join(present), "all interactions dropped"))
+    out.append(("1", "all fixed effects but the intercept dropped"))
+    return out
+
+
+def choose_design(frame: pd.DataFrame, y: np.ndarray) -> tuple[str, pd.DataFrame, list[str]]:
+    """First candidate formula whose design has full column rank (enough cells observed)."""
+    notes = []
+    for f in ("type", "layer", "n"):
+        if frame[f].nunique() < 2:
+            notes.append(f"'{f}' has a single level in the data and is not in the model")
+    for rhs, note in candidate_formulas(frame):
+        X = patsy.dmatrix(rhs, frame, return_type="dataframe")
+        if np.linalg.matrix_rank(X.to_numpy()) == X.shape[1] and X.shape[0] > X.shape[1]:
+            if note:
+                notes.append(f"the design is rank-deficient for the full model (empty cells): {note}; fitted {rhs}")
+            return rhs, X, notes
+    raise ValueError("no estimable fixed-effects design")
+
+
+def separation_notes(frame: pd.DataFrame, y: np.ndarray, rhs: str) -> list[str]:
+    """Cells (of the factors in the model) where every response is correct or every one is wrong."""
+    keys = [f for f in ("type", "layer", "n") if f in rhs]
+    if not keys:
+        return ["every response is " + ("correct" if y.mean() == 1 else "wrong")] if y.min() == y.max() else []
+    g = pd.DataFrame({**{k: frame[k].astype(str) for k in keys}, "y": y}).groupby(keys, observed=True).y.agg(["mean", "size"])
+    bad = g[(g["mean"] == 0) | (g["mean"] == 1)]
+    if bad.empty:
+        return []
+    cells = ", ".join(f"{'/'.join(map(str, idx if isinstance(idx, tuple) else (idx,)))} ({'all correct' if r['mean'] == 1 else 'all wrong'}, {int(r['size'])})"
+                      for idx, r in bad.iterrows())
+    return [f"complete separation in {len(bad)} of {len(g)} cells: {cells}; estimates of terms involving them are "
+            "set by the fixed-effect prior, not by the data"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# contrasts and tests
+
+def _grid(frame: pd.DataFrame, rhs: str) -> pd.DataFrame:
+    levels = {}
+    for f in ("type", "layer", "n"):
+        if pd.api.types.is_numeric_dtype(frame[f]) and not isinstance(frame[f].dtype, pd.CategoricalDtype):
+            levels[f] = sorted(frame[f].unique())
+        else:
+            levels[f] = list(frame[f].cat.categories)
+    idx = pd.MultiIndex.from_product([levels["type"], levels["layer"], levels["n"]], names=["type", "layer", "n"])
+    g = idx.to_frame(index=False)
+    for f in ("type", "layer"):
+        g[f] = pd.Categorical(g[f], categories=frame[f].cat.categories)
+    if isinstance(frame["n"].dtype, pd.CategoricalDtype):
+        g["n"] = pd.Categorical(g["n"], categories=frame["n"].cat.categories)
+    return g
+
+
+def _marginal_rows(grid: pd.DataFrame, Xg: np.ndarray, by: list[str]) -> pd.DataFrame:
+    """Average design rows over the factors not in ``by`` (emmeans-style equal cell weights)."""
+    keyed = pd.DataFrame(Xg).assign(**{k: grid[k].astype(str).to_numpy() for k in by})
+    return keyed.groupby(by, sort=False).mean()
+
+
+def wald(L: np.ndarray, b: np.ndarray, V: np.ndarray) -> tuple[float, int, float]:
+    """Joint Wald chi-square of L b = 0 (rank-aware)."""
+    Lb, LVL = L @ b, L @ V @ L.T
+    if not np.all(np.isfinite(LVL)):
+        return np.nan, 0, np.nan
+    rank = int(np.linalg.matrix_rank(LVL, tol=1e-10 * max(1.0, np.abs(LVL).max())))
+    if rank == 0:
+        return np.nan, 0, np.nan
+    chi2 = float(Lb @ np.linalg.pinv(LVL, rcond=1e-10) @ Lb)
+    return chi2, rank, float(stats.chi2.sf(chi2, rank))
+
+
+def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarray, V: np.ndarray,
+                        scale: str, method: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tests of each factor (averaged over the others) and of type x layer; contrasts of type per layer and
+    model-based means per type x layer (random effects at zero)."""
+    grid = _grid(frame, rhs)
+    Xg = np.asarray(patsy.build_design_matrices([design_info], grid)[0])
+    tests, cons = [], []
+    types, layers = list(frame.type.cat.categories), list(frame.layer.cat.categories)
+
+    def add_test(name, L, what):
+        chi2, df, p = wald(L, b, V) if L is not None else (np.nan, 0, np.nan)
+        tests.append({"test": name, "chi2": chi2, "df": df, "p_value": p, "method": method if df else what})
+
+    for f, label in (("layer", "layer group (main effect)"), ("type", "trial type (main effect)"), ("n", "n images (main effect)")):
+        mm = _marginal_rows(grid, Xg, [f])
+        if len(mm) < 2 or f not in rhs:
+            add_test(label, None, f"not testable: '{f}' is not in the fitted model")
+            continue
+        add_test(label, (mm.iloc[1:].to_numpy() - mm.iloc[[0]].to_numpy()), "")
+    if len(types) == 2 and len(layers) >= 2 and "type" in rhs and "layer" in rhs:
+        mm = _marginal_rows(grid, Xg, ["type", "layer"])
+        gap = {l: mm.loc[(types[1], l)].to_numpy() - mm.loc[(types[0], l)].to_numpy() for l in layers}
+        L = np.array([gap[l] - gap[layers[0]] for l in layers[1:]])
+        add_test("trial type x layer group (interaction)", L, "")
+        for l in layers:
+            est, se = float(gap[l] @ b), float(np.sqrt(max(gap[l] @ V @ gap[l], 0)))
+            cons.append({"contrast": f"{types[1]} - {types[0]} | {l}", "estimate": est, "se": se,
+                         "ci_low": est - Z95 * se, "ci_high": est + Z95 * se, "scale": scale})
+    else:
+        add_test("trial type x layer group (interaction)", None, "not testable: needs both trial types and >= 2 layer groups in the model")
+    mm = _marginal_rows(grid, Xg, ["type", "layer"])
+    for (t, l), row in mm.iterrows():
+        x = row.to_numpy()
+        est, se = float(x @ b), float(np.sqrt(max(x @ V @ x, 0)))
+        rec = {"contrast": f"mean | {t}, {l}", "estimate": est, "se": se, "ci_low": est - Z95 * se,
+               "ci_high": est + Z95 * se, "scale": scale}
+        if scale == "logit":
+            rec.update(prob=_expit(est), prob_ci_low=_expit(est - Z95 * se), prob_ci_high=_expit(est + Z95 * se))
+        cons.append(rec)
+    return pd.DataFrame(tests), pd.DataFrame(cons)
+
+
+def _expit(x):
+    return float(1 / (1 + np.exp(-x)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bayesian GLMM with Laplace covariance
+
+def _indicator(codes: np.ndarray, n_levels: int, weight: float = 1.0) -> sparse.csr_array:
+    rows = np.arange(len(codes))
+    return sparse.csr_array((np.full(len(codes), weight), (rows, codes)), shape=(len(codes), n_levels))
+
+
+def neg_hessian(model: BinomialBayesMixedGLM, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Negative Hessian of the log posterior (parameter order fe, vcp, vc) and its likelihood part.
+
+    Analytic for the logit link; equals numerically differentiating ``model.logposterior_grad``.
+    """
+    kf, kp, kv = model.k_fep, model.k_vcp, model.k_vc
+    fe, vcp, vc = model._unpack(params)
+    X = np.asarray(model.exog)
+    Z = model.exog_vc
+    eta = X @ fe + (Z @ vc if kv else 0)
+    mu = 1 / (1 + np.exp(-eta))
+    w = mu * (1 - mu)
+    k = kf + kp + kv
+    A = np.zeros((k, k))
+    lik = np.zeros((k, k))
+    fi, pi, vi = slice(0, kf), slice(kf, kf + kp), slice(kf + kp, k)
+    lik[fi, fi] = X.T @ (X * w[:, None])
+    if kv:
+        ZW = sparse.csr_array(Z.multiply(w[:, None]))
+        lik[fi, vi] = (ZW.T @ X).T
+        lik[vi, fi] = lik[fi, vi].T
+        lik[vi, vi] = (Z.T @ ZW).toarray()
+    A[:] = lik
+    A[fi, fi] += np.eye(kf) / model.fe_p**2
+    if kv:
+        s2 = np.exp(2 * vcp[model.ident])
+        A[vi, vi] += np.diag(1 / s2)
+        cross = np.zeros((kv, kp))
+        cross[np.arange(kv), model.ident] = -2 * vc / s2
+        A[vi, pi] = cross
+        A[pi, vi] = cross.T
+        A[pi, pi] = np.diag(2 * np.bincount(model.ident, weights=vc**2 / s2, minlength=kp) + 1 / model.vcp_p**2)
+    return A, lik
+
+
+def _embed(M: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((k, k))
+    out[np.ix_(keep, keep)] = M
+    return out
+
+
+def _robust_cov(model, params, A, lik, clusters: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Sandwich B^-1 (B - lik + G'G) B^-1 on the (fe, vc) block B of the Hessian: the likelihood information
+    is replaced by the outer product of per-cluster (trial) scores G; the prior part (the random-effect
+    distribution) is kept. With independent rows G'G ~ lik and this reduces to B^-1."""
+    kf, kv = model.k_fep, model.k_vc
+    fe, vcp, vc = model._unpack(params)
+    X = np.asarray(model.exog)
+    eta = X @ fe + (model.exog_vc @ vc if kv else 0)
+    r = model.endog - 1 / (1 + np.exp(-eta))
+    codes = pd.factorize(clusters)[0]
+    C = _indicator(codes, int(codes.max()) + 1).T.tocsr()  # clusters x obs
+    D = sparse.hstack([sparse.csr_array(X), model.exog_vc]).tocsr() if kv else sparse.csr_array(X)
+    G = (C @ sparse.csr_array(D.multiply(r[:, None]))).toarray()
+    B = A[np.ix_(keep, keep)]
+    meat = B - lik[np.ix_(keep, keep)] + G.T @ G
+    Binv = np.linalg.inv(B)
+    return _embed(Binv @ meat @ Binv, keep, A.shape[0])
+
+
+def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, re_blocks: dict[str, tuple],
+                   opts: ModelOptions, clusters: np.ndarray | None = None, n_units: int = 0) -> ModelFit:
+    """Fit ``BinomialBayesMixedGLM`` by VB; Laplace (Hessian) covariance; optional trial-clustered sandwich.
+
+    ``re_blocks``: name -> (sparse design block, level names), one variance component each.
+    """
+    method = ("statsmodels BinomialBayesMixedGLM.fit_vb (logit); posterior means; SE from the inverse Hessian "
+              "of the log posterior (Laplace)")
+    se_method = "Hessian of log posterior (Laplace)"
+    if clusters is not None:
+        se_method += ", sandwich clustered by trial (rows of a trial are dependent)"
+    fit = ModelFit(name=name, outcome=outcome, method=method, se_method=se_method, n_obs=len(y),
+                   n_participants=int(frame.participant.nunique()), n_units=n_units)
+    t0 = time.perf_counter()
+    if len(y) < 10 or y.min() == y.max():
+        fit.status = STATUS_NA
+        fit.warnings.append(f"not estimable: {len(y)} observations" + (", all with the same outcome" if len(y) and y.min() == y.max() else ""))
+        return fit
+    blocks = {k: v for k, v in re_blocks.items() if v[0].shape[1] >= 2}
+    for k in re_blocks:
+        if k not in blocks:
+            fit.warnings.append(f"only one {k}: no {k} random effect in the model")
+    if not blocks:
+        fit.status = STATUS_NA
+        fit.warnings.append("not estimable: fewer than 2 participants and fewer than 2 units")
+        return fit
+    if "participant" in blocks and blocks["participant"][0].shape[1] < 5:
+        fit.warnings.append(f"only {blocks['participant'][0].shape[1]} participants: the participant SD and all "
+                            "intervals are poorly determined")
+    rhs, X, notes = choose_design(frame, y)
+    fit.formula = f"{'trial_correct' if outcome == 'trial' else 'correct'} ~ {rhs} + " + " + ".join(f"(1|{k})" for k in blocks)
+    fit.warnings += notes + separation_notes(frame, y, rhs)
+    Z = sparse.hstack([b[0] for b in blocks.values()]).tocsr()
+    ident = np.concatenate([np.full(b[0].shape[1], i) for i, b in enumerate(blocks.values())]).astype(int)
+    vc_names = [f"{k}:{lv}" for k, b in blocks.items() for lv in b[1]]
+    model = BinomialBayesMixedGLM(y.astype(float), X.to_numpy(), Z, ident, vcp_p=opts.vcp_prior_sd,
+                                  fe_p=opts.fe_prior_sd, fep_names=list(X.columns), vcp_names=list(blocks),
+                                  vc_names=vc_names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Start VB at the posterior mode: faster and less prone to poor local optima than a zero start.
+        start = model.fit_map(rng=opts.seed).params
+        res = model.fit_vb(mean=start, rng=opts.seed, minim_opts={"maxiter": 2000})
+    r = res.optim_retvals
+    if not r.success:
+        gnorm = float(np.max(np.abs(r.jac))) if getattr(r, "jac", None) is not None else np.nan
+        if not (gnorm < 1e-3):
+            fit.warnings.append(f"fit_vb did not converge ({r.message}; max |gradient| {gnorm:.2g})")
+    for w in caught:
+        msg = str(w.message)
+        if "did not converge" in msg and not any("did not converge" in x for x in fit.warnings):
+            continue  # judged above by the gradient at the end
+        fit.warnings.append(f"{w.category.__name__}: {msg}")
+    params = res.params
+    A, lik = neg_hessian(model, params)
+    kf, kp = model.k_fep, model.k_vcp
+    # Fixed-effect covariance conditional on the variance components (as lme4 reports it): the (fe, vc)
+    # block of the Hessian. It is positive definite whenever the priors are proper, also when an SD
+    # collapses towards zero, where the joint Hessian including log-SDs is not (the funnel).
+    keep = np.r_[0:kf, kf + kp:A.shape[0]]
+    Ac = A[np.ix_(keep, keep)]
+    V_model = _embed(np.linalg.inv(Ac), keep, A.shape[0])
+    V = V_model if clusters is None else _robust_cov(model, params, A, lik, clusters, keep)
+    b = params[:kf]
+    Vb = V[:kf, :kf]
+    se = np.sqrt(np.clip(np.diag(Vb), 0, None))
+    fixed = pd.DataFrame({"term": list(X.columns), "estimate": b, "se": se, "ci_low": b - Z95 * se,
+                          "ci_high": b + Z95 * se})
+    fixed["z"] = fixed.estimate / fixed.se
+    fixed["p_value"] = 2 * stats.norm.sf(np.abs(fixed.z))
+    if clusters is not None:
+        fixed["se_model"] = np.sqrt(np.clip(np.diag(V_model[:kf, :kf]), 0, None))
+    fit.fixed = fixed
+    vcp = params[kf:kf + kp]
+    # SD point estimates only: at the VB mean the joint Hessian in (log SD, effects) is usually not positive
+    # definite (the funnel), and the mean-field SDs of log SD are too small to make honest intervals.
+    fit.random = pd.DataFrame({"component": list(blocks), "sd": np.exp(vcp),
+                               "n_levels": [b[0].shape[1] for b in blocks.values()]})
+    for comp, sd in zip(blocks, np.exp(vcp)):
+        if sd < 0.05:
+            fit.notes.append(f"the {comp} SD is estimated near zero ({sd:.3f}): a boundary (singular) fit for "
+                             "that component, harmless for the fixed effects")
+    fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, Vb, "logit",
+                                                   "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""))
+    fit.seconds = time.perf_counter() - t0
+    fit.status = STATUS_WARN if fit.warnings else STATUS_OK
+    return fit
+
+
+def fit_trial_glmm(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
+    """Primary model: whole-trial correctness, participant + multiple-membership unit intercepts."""
+    frame = model_frame(trials, opts.n_as)
+    y = trials.trial_correct.to_numpy().astype(int)
+    pcodes, plevels = pd.factorize(trials.participant, sort=True)
+    units = trials[["unit_0", "unit_1", "unit_2"]].to_numpy()
+    ulevels = np.unique(units)
+    ucodes = np.searchsorted(ulevels, units)
+    Zu = (_indicator(ucodes[:, 0], len(ulevels), 1 / 3) + _indicator(ucodes[:, 1], len(ulevels), 1 / 3)
+          + _indicator(ucodes[:, 2], len(ulevels), 1 / 3)).tocsr()
+    blocks = {"participant": (_indicator(pcodes, len(plevels)), list(plevels)), "unit": (Zu, list(ulevels))}
+    return fit_bayes_glmm("glmm_trial", "trial", frame, y, blocks, opts, n_units=len(ulevels))
+
+
+def fit_row_glmm(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
+    """Per-row correctness, crossed participant and unit intercepts, trial-clustered sandwich SEs."""
+    rows = rows_long(trials)
+    frame = model_frame(rows, opts.n_as)
+    y = rows.correct.to_numpy().astype(int)
+    pcodes, plevels = pd.factorize(rows.participant, sort=True)
+    ulevels = np.unique(trials[["unit_0", "unit_1", "unit_2"]].to_numpy())
+    own = np.searchsorted(ulevels, rows.unit.to_numpy())
+    # A row's correctness depends on all three units of its trial (they compete for the same candidates):
+    # "unit" is the mean effect of the trial's three units, as in the trial model; "row_unit" is what is
+    # specific to the row's own unit. With "unit" alone the layer effect's SE ignores most unit variance.
+    trial_units = np.searchsorted(ulevels, rows[["unit_a", "unit_b", "unit_c"]].to_numpy())
+    Zm = (_indicator(trial_units[:, 0], len(ulevels), 1 / 3) + _indicator(trial_units[:, 1], len(ulevels), 1 / 3)
+          + _indicator(trial_units[:, 2], len(ulevels), 1 / 3)).tocsr()
+    blocks = {"participant": (_indicator(pcodes, len(plevels)), list(plevels)),
+              "unit": (Zm, list(ulevels)), "row_unit": (_indicator(own, len(ulevels)), list(ulevels))}
+    return fit_bayes_glmm("glmm_row", "row", frame, y, blocks, opts, clusters=rows.trial_uid.to_numpy(),
+                          n_units=len(ulevels))
+
+
+def fit_mixedlm_cells(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
+    """Cross-check: MixedLM (REML) of per-participant cell accuracy (rows), participant random intercept."""
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    cells = (trials.groupby(["participant", "trial_type", "layer_group", "n_images"]).n_correct
+             .agg(["sum", "size"]).reset_index())
+    cells["accuracy"] = cells["sum"] / (3 * cells["size"])
+    fit = ModelFit(name="mixedlm_cells", outcome="row", scale="probability",
+                   method="statsmodels MixedLM (REML), linear probability model of per-participant cell accuracy "
+                          "(rows), participant random intercept; units averaged within cells",
+                   se_method="MixedLM model-based covariance", n_obs=len(cells),
+                   n_participants=int(cells.participant.nunique()))
+    t0 = time.perf_counter()
+    if fit.n_participants < 2 or len(cells) < 6:
+        fit.status = STATUS_NA
+        fit.warnings.append(f"not estimable: {fit.n_participants} participant(s), {len(cells)} cells")
+        return fit
+    frame = model_frame(cells, opts.n_as)
+    y = cells.accuracy.to_numpy()
+    rhs, X, notes = choose_design(frame, y)
+    fit.warnings += notes
+    if len(cells) - X.shape[1] < fit.n_participants:
+        fit.status = STATUS_NA
+        fit.warnings.append(f"not estimable: {len(cells)} cells for {X.shape[1]} fixed effects and "
+                            f"{fit.n_participants} participants")
+        return fit
+    fit.formula = f"accuracy ~ {rhs} + (1|participant)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res = MixedLM(y, X, groups=cells.participant.to_numpy()).fit(reml=True)
+        except (np.linalg.LinAlgError, ValueError) as e:
+            fit.status = STATUS_NA
+            fit.warnings.append(f"not estimable: MixedLM failed ({e})")
+            return fit
+    fit.warnings += [f"{w.category.__name__}: {w.message}" for w in caught]
+    if not res.converged:
+        fit.warnings.append("MixedLM did not converge")
+    kf = X.shape[1]
+    b = np.asarray(res.fe_params)
+    V = np.asarray(res.cov_params())[:kf, :kf]
+    se = np.sqrt(np.clip(np.diag(V), 0, None))
+    fit.fixed = pd.DataFrame({"term": list(X.columns), "estimate": b, "se": se, "ci_low": b - Z95 * se,
+                              "ci_high": b + Z95 * se, "z": b / se, "p_value": 2 * stats.norm.sf(np.abs(b / se))})
+    fit.random = pd.DataFrame({"component": ["participant", "residual"],
+                               "sd": [float(np.sqrt(max(res.cov_re.iloc[0, 0], 0))), float(np.sqrt(res.scale))],
+                               "n_levels": [fit.n_participants, len(cells)]})
+    fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, V, "probability",
+                                                   "Wald chi-square on the MixedLM covariance")
+    fit.seconds = time.perf_counter() - t0
+    fit.status = STATUS_WARN if fit.warnings else STATUS_OK
+    return fit
+
+
+def fit_all(trials: pd.DataFrame, opts: ModelOptions) -> list[ModelFit]:
+    """The primary trial-level GLMM, the per-row GLMM and the frequentist cross-check. Never raises on
+    data that cannot support a model: such a model comes back with status ``not_estimable``."""
+    fits = []
+    for fn in (fit_trial_glmm, fit_row_glmm, fit_mixedlm_cells):
+        try:
+            fits.append(fn(trials, opts))
+        except Exception as e:  # a model that cannot be fitted must not sink the accuracy report
+            name = {"fit_trial_glmm": "glmm_trial", "fit_row_glmm": "glmm_row"}.get(fn.__name__, "mixedlm_cells")
+            fits.append(ModelFit(name=name, outcome="?", method=fn.__doc__.split("\n")[0], status=STATUS_NA,
+                                 warnings=[f"not estimable: {type(e).__name__}: {e}"]))
+    return fits
+
+
+def fixed_effects_table(fits: list[ModelFit]) -> pd.DataFrame:
+    """Contract table ``fixed_effects`` for all models; non-estimable models get one row saying so."""
+    cols = ["model", "term", "estimate", "se", "ci_low", "ci_high", "z", "p_value", "scale", "outcome",
+            "se_method", "status", "se_model"]
+    out = []
+    for f in fits:
+        if f.fixed.empty:
+            out.append(pd.DataFrame([{"model": f.name, "term": "(not estimable)", "estimate": np.nan, "se": np.nan,
+                                      "ci_low": np.nan, "ci_high": np.nan, "scale": f.scale, "outcome": f.outcome,
+                                      "se_method": f.se_method, "status": f.status}]))
+        else:
+            out.append(f.fixed.assign(model=f.name, scale=f.scale, outcome=f.outcome, se_method=f.se_method,
+                                      status=f.status))
+    return pd.concat(out, ignore_index=True).reindex(columns=cols)

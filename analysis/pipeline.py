@@ -1,0 +1,266 @@
+"""The whole analysis: sessions -> exclusions -> accuracy -> models -> tables, figures, report, results.json."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from analysis.accuracy import CONDITION, condition_accuracy, marginal_participant_accuracy, participant_accuracy
+from analysis.exclusions import apply_exclusions
+from analysis.glmm import ModelFit, ModelOptions, fit_all, fixed_effects_table
+from analysis.load import load_sessions
+from analysis.report import Block, write_report
+from contracts.common import software_versions
+from contracts.results import TABLES, write_results_info
+
+SOFTWARE = ["statsmodels", "scipy", "patsy", "seaborn", "matplotlib"]
+
+
+@dataclass
+class AnalysisOptions:
+    min_catch_accuracy: float = 0.7
+    incomplete: str = "include"  # include | exclude
+    n_boot: int = 2000
+    seed: int = 1
+    n_as: str = "factor"
+    fe_prior_sd: float = 2.0
+    vcp_prior_sd: float = 1.0
+    allow_mixed_sets: bool = False
+    allow_mixed_designs: bool = False
+    fit_models: bool = True
+
+
+@dataclass
+class AnalysisResult:
+    folder: Path
+    info: dict
+    fits: list[ModelFit]
+    warnings: list[str]
+
+
+def _write_table(df: pd.DataFrame, path: Path, columns: list[str] | None = None) -> Path:
+    if columns is not None:
+        df = df.reindex(columns=columns + [c for c in df.columns if c not in columns])
+    df.to_csv(path, index=False, float_format="%.6g")
+    return path
+
+
+def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
+                 options: AnalysisOptions | None = None) -> AnalysisResult:
+    opts = options or AnalysisOptions()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_sessions(inputs, opts.allow_mixed_sets, opts.allow_mixed_designs)
+    excl = apply_exclusions(loaded.trials, loaded.sessions, opts.min_catch_accuracy, opts.incomplete)
+    trials = excl.trials
+    warns = list(loaded.warnings)
+    written: list[Path] = []
+
+    part = participant_accuracy(trials)
+    cond = condition_accuracy(part, n_boot=opts.n_boot, seed=opts.seed)
+    part_tl = marginal_participant_accuracy(part, ("trial_type", "layer_group"))
+    cond_tl = condition_accuracy(part_tl, keys=("trial_type", "layer_group"), n_boot=opts.n_boot, seed=opts.seed)
+    written.append(_write_table(cond, out / "accuracy_by_condition.csv", list(TABLES["accuracy_by_condition.csv"])))
+    written.append(_write_table(part, out / "accuracy_by_participant.csv", list(TABLES["accuracy_by_participant.csv"])))
+    written.append(_write_table(cond_tl, out / "accuracy_by_type_layer.csv"))
+    written.append(_write_table(excl.catch, out / "catch_accuracy.csv"))
+
+    mopts = ModelOptions(n_as=opts.n_as, fe_prior_sd=opts.fe_prior_sd, vcp_prior_sd=opts.vcp_prior_sd, seed=opts.seed)
+    fits: list[ModelFit] = []
+    if opts.fit_models and len(trials):
+        fits = fit_all(trials, mopts)
+    elif not len(trials):
+        warns.append("no trials left to analyse after exclusions: no models fitted")
+    for f in fits:
+        warns += [f"{f.name}: {w}" for w in f.warnings]
+    written.append(_write_table(fixed_effects_table(fits) if fits else pd.DataFrame(columns=list(TABLES["fixed_effects.csv"])),
+                                out / "fixed_effects.csv", list(TABLES["fixed_effects.csv"])))
+    models = pd.DataFrame([f.summary_row() for f in fits])
+    tests = pd.concat([f.tests.assign(model=f.name) for f in fits if len(f.tests)], ignore_index=True) if any(len(f.tests) for f in fits) else pd.DataFrame()
+    contrasts = pd.concat([f.contrasts.assign(model=f.name) for f in fits if len(f.contrasts)], ignore_index=True) if any(len(f.contrasts) for f in fits) else pd.DataFrame()
+    random = pd.concat([f.random.assign(model=f.name) for f in fits if len(f.random)], ignore_index=True) if any(len(f.random) for f in fits) else pd.DataFrame()
+    for name, df in (("models.csv", models), ("model_tests.csv", tests), ("model_contrasts.csv", contrasts),
+                     ("random_effects.csv", random)):
+        written.append(_write_table(df, out / name, ["model"] if "model" in df else None))
+
+    # figures
+    from analysis import plots  # matplotlib only when figures are made
+
+    figs = out / "figures"
+    fig_paths: dict[str, Path] = {}
+    title = _figure_title(loaded)
+    for stem, fig in (("accuracy", plots.accuracy_figure(part, cond, title)),
+                      ("model_means", plots.model_means_figure({f.name: f.contrasts for f in fits if f.scale == "logit"}, "")),
+                      ("rt", plots.rt_figure(trials))):
+        if fig is not None:
+            paths = plots.save(fig, figs, stem)
+            written += paths
+            fig_paths[stem] = paths[0].relative_to(out)
+
+    provenance = {
+        "sessions": [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in loaded.sessions.to_dict("records")],
+        "stimulus_sets": loaded.stimulus_sets,
+        "experiments": sorted(loaded.sessions.experiment.unique()),
+        "session_software": _unique_dicts([i["software"] for i in loaded.infos]),
+        "simulated_sessions": int(loaded.sessions.simulated.notna().sum()),
+        "random_weight_sets": [s["set_id"] for s in loaded.stimulus_sets if s["random_weights"]],
+    }
+    blocks = build_report(loaded, excl, cond, cond_tl, fits, fig_paths, opts, warns, provenance)
+    written += write_report(blocks, out, "fvmatch analysis")
+    outputs = sorted({p.relative_to(out).as_posix() for p in written})
+    info = {
+        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "inputs": provenance,
+        "exclusions": excl.summary,
+        "options": {**asdict(opts), "bootstrap": f"percentile, participants resampled, B={opts.n_boot}, seed={opts.seed}",
+                    "model_seed": opts.seed},
+        "software": software_versions(SOFTWARE),
+        "outputs": outputs,
+        "models": [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in f.summary_row().items()} for f in fits],
+        "warnings": warns,
+    }
+    write_results_info(out, info)
+    return AnalysisResult(folder=out, info=info, fits=fits, warnings=warns)
+
+
+def _unique_dicts(ds: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for d in ds:
+        key = repr(sorted(d.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def _figure_title(loaded) -> str:
+    flags = []
+    if loaded.sessions.simulated.notna().any():
+        flags.append("SIMULATED participants")
+    if loaded.sessions.random_weights.any():
+        flags.append("RANDOM-WEIGHT stimuli")
+    return " · ".join(flags) + (" — not a study result" if flags else "")
+
+
+def _round(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    return df[[c for c in cols if c in df]].copy()
+
+
+def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> list[Block]:
+    s = loaded.sessions
+    B: list[Block] = [Block("h1", "fvmatch: matching accuracy for feature visualizations vs natural exemplars")]
+    n_sim = int(s.simulated.notna().sum())
+    if n_sim:
+        pol = ", ".join(sorted(set(s.simulated.dropna())))
+        B.append(Block("alert", f"SIMULATED PARTICIPANTS: {n_sim} of {len(s)} sessions were produced by a simulated "
+                                f"observer ({pol}), not by people. Nothing here is evidence about human observers."))
+    rw = [x["set_id"] for x in prov["stimulus_sets"] if x["random_weights"]]
+    if rw:
+        B.append(Block("alert", "STIMULI FROM AN UNTRAINED (RANDOM-WEIGHT) NETWORK: stimulus set(s) "
+                                f"{', '.join(rw)}. Units of a random network have no learned features; the stimuli "
+                                "are not meaningful for a study of interpretability."))
+    ex = excl.summary
+    B.append(Block("p", f"{len(s)} session(s) of {s.participant.nunique()} participant(s) from experiment(s) "
+                        f"{', '.join(prov['experiments'])}; {ex['n_participants_analysed']} participant(s) and "
+                        f"{ex['n_trials_analysed']} main trials analysed. Chance is 1/3 per matched row and 1/6 per "
+                        "whole trial (one of 3! = 6 assignments); exactly two rows right is impossible."))
+    if warns:
+        B.append(Block("h2", "Warnings"))
+        B.append(Block("list", warns))
+
+    # headline tests
+    primary = next((f for f in fits if f.name == "glmm_trial"), None)
+    B.append(Block("h2", "Tests of the layer effect and of the trial type x layer interaction"))
+    if fits:
+        rows = []
+        for f in fits:
+            if f.tests.empty:
+                rows.append({"model": f.name, "test": "(model not estimable)", "chi2": np.nan, "df": 0,
+                             "p_value": np.nan, "status": f.status})
+                continue
+            for t in f.tests.itertuples():
+                rows.append({"model": f.name, "test": t.test, "chi2": t.chi2, "df": t.df, "p_value": t.p_value,
+                             "status": f.status})
+        B.append(Block("table", pd.DataFrame(rows),
+                       "Joint Wald chi-square tests of contrasts of model-based means with equal weights over the "
+                       "other factors (emmeans-style). glmm_trial (primary): whole-trial correctness; glmm_row: "
+                       "per-row correctness with trial-clustered sandwich SEs; mixedlm_cells: linear probability "
+                       "cross-check."))
+    else:
+        B.append(Block("p", "No models were fitted."))
+    B.append(Block("h2", "Accuracy by condition"))
+    if "accuracy" in figs:
+        B.append(Block("figure", figs["accuracy"].as_posix(),
+                       "Accuracy per matched row (top, chance 1/3) and per whole trial (bottom, chance 1/6). Large "
+                       "markers: mean of participants with 95% percentile bootstrap CI (participants resampled); "
+                       "small dots: individual participants."))
+    B.append(Block("table", _round(cond_tl, ["trial_type", "layer_group", "level", "accuracy", "ci_low", "ci_high",
+                                             "chance", "n_participants", "n_observations"]),
+                   f"Averaged over n (each n weighs the same). 95% CI: percentile bootstrap over participants, "
+                   f"B={opts.n_boot}, seed={opts.seed}."))
+    B.append(Block("table", _round(cond, ["trial_type", "layer_group", "n_images", "level", "accuracy", "ci_low",
+                                          "ci_high", "chance", "n_participants", "n_observations"]),
+                   "Per condition (accuracy_by_condition.csv); per-participant values in accuracy_by_participant.csv."))
+    if "rt" in figs:
+        B.append(Block("figure", figs["rt"].as_posix(), "Time to confirm the assignment (dotted: medians)."))
+
+    B.append(Block("h2", "Mixed-effects models"))
+    B.append(Block("p", "Primary: binomial GLMM (logit) of whole-trial correctness with crossed random intercepts for "
+                        "participant and unit (a trial's unit effect is the mean of its three units' effects). Trials "
+                        "are independent given the random effects, so the permutation structure of a trial (rows are "
+                        "dependent: 0, 1 or 3 right) does not bias its intervals. Secondary: per-row GLMM; its "
+                        "model-based SEs would ignore the within-trial dependence, so they are replaced by a sandwich "
+                        "clustered by trial (se; the unadjusted value is se_model). Both are fitted with statsmodels' "
+                        "BinomialBayesMixedGLM.fit_vb (posterior means); SEs come from the inverse Hessian of the log "
+                        "posterior at the estimate, conditional on the variance components (as in lme4), because the "
+                        "variational posterior SDs (fe_sd) are known to be far too small. Cross-check: MixedLM on "
+                        "per-participant cell accuracy (effects are differences in accuracy, not logits; it ignores "
+                        "unit variance)."))
+    if "model_means" in figs:
+        B.append(Block("figure", figs["model_means"].as_posix(),
+                       "Model-based probability correct for a typical participant and unit, averaged over n on the "
+                       "logit scale, with 95% Wald intervals."))
+    for f in fits:
+        B.append(Block("h3", f"{f.name} — {f.status}"))
+        B.append(Block("p", f"{f.method}. Formula: {f.formula or '—'}. Observations: {f.n_obs}; participants: "
+                            f"{f.n_participants}; units: {f.n_units}; fit time {f.seconds:.2f} s. SE: {f.se_method}."))
+        if f.warnings or f.notes:
+            B.append(Block("list", [f"⚠ {w}" for w in f.warnings] + [f"note: {n}" for n in f.notes]))
+        if len(f.fixed):
+            B.append(Block("table", _round(f.fixed, ["term", "estimate", "se", "se_model", "ci_low", "ci_high", "z",
+                                                     "p_value"]), f"Fixed effects ({f.scale} scale)."))
+        if len(f.random):
+            B.append(Block("table", f.random, "Random-effect standard deviations (GLMM: exp of the posterior mean "
+                                              "of log SD; point estimates only)."))
+        if len(f.contrasts):
+            B.append(Block("table", f.contrasts.drop(columns=[c for c in ("scale",) if c in f.contrasts]),
+                           f"Contrasts and model-based means ({f.scale} scale; prob = back-transformed)."))
+
+    B.append(Block("h2", "Exclusions"))
+    B.append(Block("list", [
+        f"practice trials dropped: {ex['practice_trials_dropped']}",
+        f"catch trials (not analysed, used for attention): {ex['catch_trials']}; threshold: whole-trial catch "
+        f"accuracy >= {ex['min_catch_accuracy']}",
+        "participants excluded: " + ("; ".join(f"{e['participant']} ({e['reason']})" for e in ex["excluded_participants"])
+                                     or "none"),
+        "participants without catch trials (kept, not checked): " + (", ".join(ex["participants_without_catch_trials"]) or "none"),
+        f"incomplete sessions (policy: {ex['incomplete_policy']}): " + ("; ".join(
+            f"{i['participant']} ses {i['session']} ({i['status']}, {i['n_trials_completed']}/{i['n_trials_planned']} "
+            f"trials, {i['handling']})" for i in ex["incomplete_sessions"]) or "none"),
+    ]))
+    if len(excl.catch):
+        B.append(Block("table", excl.catch, "Catch-trial accuracy per participant (whole trial)."))
+
+    B.append(Block("h2", "Provenance"))
+    B.append(Block("table", s[["participant", "session", "status", "n_rows", "n_trials_planned", "set_id",
+                               "simulated", "design_hash", "folder"]].fillna("—"), "Sessions read."))
+    B.append(Block("table", pd.DataFrame(prov["stimulus_sets"]), "Stimulus sets (manifest sha256)."))
+    B.append(Block("pre", "\n".join(f"{k}: {v}" for k, v in asdict(opts).items()), "Options"))
+    B.append(Block("pre", "\n".join(f"{k}: {v}" for k, v in software_versions(SOFTWARE).items()), "Software"))
+    return B

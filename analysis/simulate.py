@@ -1,0 +1,196 @@
+"""Seeded simulator of matching sessions from known effects, written through ``contracts.session``.
+
+Generative model (the one the primary GLMM estimates, so the truth is exact for it):
+
+* whole-trial correctness ``P(all three rows right) = logistic(eta)`` with
+  ``eta = X beta + b_participant + mean(u_unit over the trial's three units)``,
+  ``b ~ N(0, sd_participant^2)``, ``u ~ N(0, sd_unit^2)``;
+* a trial that is not all right is one of the five wrong permutations: with probability
+  ``p_one_right_given_wrong`` one with exactly one row right (3 exist), otherwise one with none (2 exist);
+  0.6 makes the five equally likely, so a random observer (``eta = logit(1/6)``) picks a uniform permutation
+  and is right on 1/3 of rows and 1/6 of trials.
+
+Rows of one trial are therefore dependent exactly as in the real task (n_correct is 0, 1 or 3).
+No exact per-row logistic truth exists under any permutation-valid generator; the per-row model is
+checked by the calibration of its standard errors instead (see tests).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from contracts.common import software_versions
+from contracts.session import TRIAL_COLUMNS, TrialLog, session_dir, write_session_info
+
+LAYER_GROUPS = ("early", "middle", "late")
+TRIAL_TYPES = ("exemplar", "feature_vis")
+_LAYERS = {"early": ("conv3", "inception3a"), "middle": ("inception4a", "inception4c"), "late": ("inception5a", "inception5b")}
+PERMS = [tuple(p) for p in itertools.permutations(range(3))]
+_WRONG_ONE = [p for p in PERMS if sum(p[i] == i for i in range(3)) == 1]
+_WRONG_NONE = [p for p in PERMS if sum(p[i] == i for i in range(3)) == 0]
+
+
+@dataclass
+class SimulationSpec:
+    """Everything that shapes simulated data. Effects are on the logit of whole-trial correctness."""
+
+    n_participants: int = 30
+    reps_per_cell: int = 8  # trials per trial type x layer group x n cell (432 trials = 24 reps)
+    n_levels: tuple[int, ...] = (1, 3, 5)
+    n_practice: int = 4
+    n_catch: int = 6
+    units_per_group: int = 8
+    intercept: float = 0.5  # exemplar, early, n = n_center
+    b_feature_vis: float = -0.6
+    b_middle: float = -0.3
+    b_late: float = -0.6
+    b_fv_middle: float = -0.2
+    b_fv_late: float = -0.5
+    b_n: float = 0.15  # per image, linear in n
+    n_center: float = 3.0
+    sd_participant: float = 0.5
+    sd_unit: float = 0.6
+    p_one_right_given_wrong: float = 0.6
+    p_catch: float = 0.99  # attentive participants on catch trials
+    n_inattentive: int = 0  # participants who answer at random on every trial (catch trials included)
+    n_aborted: int = 0  # participants whose session stops half-way (status "aborted")
+    random_observer: bool = False  # every participant answers at random (chance-level check)
+    experiment: str = "sim"
+    set_id: str = "sim-random-weights"
+    extra: dict = field(default_factory=dict)
+
+    def eta_fixed(self, trial_type: str, layer: str, n: float) -> float:
+        fv = trial_type == "feature_vis"
+        eta = self.intercept + self.b_feature_vis * fv + self.b_n * (n - self.n_center)
+        eta += {"early": 0.0, "middle": self.b_middle, "late": self.b_late}[layer]
+        eta += fv * {"early": 0.0, "middle": self.b_fv_middle, "late": self.b_fv_late}[layer]
+        return float(eta)
+
+
+def _logistic(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def unit_pool(spec: SimulationSpec) -> pd.DataFrame:
+    rows = []
+    for g in LAYER_GROUPS:
+        for k in range(spec.units_per_group):
+            layer = _LAYERS[g][k % 2]
+            ch = 10 * k + LAYER_GROUPS.index(g)
+            rows.append({"unit_id": f"{layer}_c{ch:04d}", "group": g, "layer": layer, "channel": ch})
+    return pd.DataFrame(rows)
+
+
+def simulate_trials(spec: SimulationSpec, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Trials of every participant as contract rows (pure: no I/O) and the realised random effects."""
+    rng = np.random.default_rng(seed)
+    units = unit_pool(spec)
+    u_unit = dict(zip(units.unit_id, rng.normal(0, spec.sd_unit, len(units))))
+    pools = {g: list(units.unit_id[units.group == g]) for g in LAYER_GROUPS}
+    layer_of = dict(zip(units.unit_id, units.layer))
+    channel_of = {u: int(c) for u, c in zip(units.unit_id, units.channel)}
+    pids = [f"S{i + 1:02d}" for i in range(spec.n_participants)]
+    b_part = dict(zip(pids, rng.normal(0, spec.sd_participant, len(pids))))
+    inattentive = set(pids[len(pids) - spec.n_inattentive:]) if spec.n_inattentive else set()
+    aborted = set(pids[:spec.n_aborted])
+    start = _dt.datetime(2026, 1, 5, 9, 0, tzinfo=_dt.timezone.utc)
+    out = []
+    for pi, pid in enumerate(pids):
+        cells = [(t, g, n) for t in TRIAL_TYPES for g in LAYER_GROUPS for n in spec.n_levels] * spec.reps_per_cell
+        order = rng.permutation(len(cells))
+        main = [(cells[i], False, False) for i in order]
+        catch_pos = np.sort(rng.choice(len(main) + 1, size=spec.n_catch, replace=True)) if spec.n_catch else []
+        for k, pos in enumerate(catch_pos[::-1]):
+            g = LAYER_GROUPS[k % 3]
+            main.insert(int(pos), (("exemplar", g, spec.n_levels[-1]), False, True))
+        practice = [((TRIAL_TYPES[k % 2], LAYER_GROUPS[k % 3], spec.n_levels[k % len(spec.n_levels)]), True, False)
+                    for k in range(spec.n_practice)]
+        plan = practice + main
+        if pid in aborted:
+            plan = plan[: len(plan) // 2]
+        speed = rng.normal(0, 0.15)
+        t_now = start + _dt.timedelta(days=pi)
+        for idx, ((ttype, group, n), is_practice, is_catch) in enumerate(plan):
+            pool = pools[group]
+            trial_units = [pool[k] for k in rng.permutation(len(pool))[:3]]
+            if spec.random_observer or pid in inattentive:
+                perceived = PERMS[rng.integers(6)]  # a uniform permutation: 1/3 per row, 1/6 per trial
+            else:
+                if is_catch:
+                    p = spec.p_catch
+                else:
+                    eta = spec.eta_fixed(ttype, group, n) + b_part[pid] + np.mean([u_unit[u] for u in trial_units])
+                    p = float(_logistic(eta))
+                if rng.random() < p:
+                    perceived = (0, 1, 2)
+                elif rng.random() < spec.p_one_right_given_wrong:
+                    perceived = _WRONG_ONE[rng.integers(3)]
+                else:
+                    perceived = _WRONG_NONE[rng.integers(2)]
+            cand = [int(x) for x in rng.permutation(3)]  # candidate row j shows unit_<cand[j]>
+            assignment = [cand.index(perceived[i]) for i in range(3)]
+            correct = [cand[assignment[i]] == i for i in range(3)]
+            rt_confirm = float(np.exp(np.log(3.0 + 1.2 * n + 1.5 * (ttype == "feature_vis")) + speed + rng.normal(0, 0.35)))
+            rt_first = float(rt_confirm * rng.uniform(0.15, 0.45))
+            t_now += _dt.timedelta(seconds=rt_confirm + 1.0)
+            row = {
+                "experiment": spec.experiment, "participant": pid, "session": 1, "trial_index": idx,
+                "block": 0 if is_practice else 1 + (idx - spec.n_practice) // 50,
+                "is_practice": is_practice, "is_catch": is_catch, "trial_type": ttype, "layer_group": group,
+                "n_images": int(n),
+                **{f"unit_{i}": trial_units[i] for i in range(3)},
+                **{f"layer_{i}": layer_of[trial_units[i]] for i in range(3)},
+                **{f"channel_{i}": channel_of[trial_units[i]] for i in range(3)},
+                "candidate_units": cand, "assignment": assignment,
+                **{f"correct_{i}": bool(correct[i]) for i in range(3)},
+                "n_correct": int(sum(correct)), "trial_correct": bool(all(correct)),
+                "rt_first_click": round(rt_first, 4), "rt_confirm": round(rt_confirm, 4),
+                "clicks": [[round(rt_first, 3), "candidate", 0], [round(rt_confirm, 3), "confirm", -1]],
+                "stimuli": [], "frames": int(rt_confirm * 60), "frames_dropped": 0,
+                "frame_interval_mean_ms": 16.67, "frame_interval_sd_ms": 0.1, "onset": t_now.isoformat(),
+            }
+            out.append(row)
+    truth = {"participant_effects": b_part, "unit_effects": u_unit, "inattentive": sorted(inattentive),
+             "aborted": sorted(aborted)}
+    return pd.DataFrame(out, columns=list(TRIAL_COLUMNS)), truth
+
+
+def write_sessions(sessions_root: Path | str, spec: SimulationSpec, seed: int) -> list[Path]:
+    """Simulate and write one session folder per participant; returns the folders."""
+    trials, truth = simulate_trials(spec, seed)
+    folders = []
+    design = {"simulator": "analysis.simulate", "spec": _jsonable(asdict(spec)), "seed": seed}
+    for pid, df in trials.groupby("participant", sort=True):
+        folder = session_dir(sessions_root, spec.experiment, pid, 1)
+        folder.mkdir(parents=True, exist_ok=True)
+        aborted = pid in truth["aborted"]
+        planned = len(df) if not aborted else 2 * len(df)
+        info = {
+            "experiment": spec.experiment, "participant": pid, "session": 1,
+            "status": "aborted" if aborted else "completed",
+            "started": df.onset.iloc[0], "ended": df.onset.iloc[-1],
+            "stimulus_set": {"set_id": spec.set_id, "path": f"data/stimuli/{spec.set_id}",
+                             "manifest_sha256": "0" * 64, "random_weights": True},
+            "design": design, "seed": seed,
+            "monitor": {"name": "simulated", "distance_cm": 60, "width_cm": 50, "resolution": [1920, 1080]},
+            "software": software_versions(["statsmodels"]),
+            "n_trials_planned": int(planned), "n_trials_completed": int(len(df)), "frame_stats": {},
+            "simulated": "analysis.simulate:glmm" if not spec.random_observer else "analysis.simulate:random",
+        }
+        write_session_info(folder, info)
+        with TrialLog(folder / "trials.csv") as log:
+            for row in df.to_dict("records"):
+                log.append(row)
+        folders.append(folder)
+    return folders
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
