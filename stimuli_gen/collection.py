@@ -109,12 +109,12 @@ def read_bytes(path: str) -> bytes:
 
 def decode_rgb(data: bytes, pp: Preprocess) -> tuple[Image.Image, str | None]:
     """Decode to an 8-bit RGB PIL image; returns ``(image, conversion note or None)``."""
-    fmt = "?"
+    fmt = "image"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            fmt = img.format or "?"
+            fmt = img.format or "image"
             w, h = img.size
             if min(w, h) < pp.min_side:
                 raise SkipImage(f"too small ({w}x{h}; short side below min_side {pp.min_side})")

@@ -288,4 +288,4 @@ def write_crops(rows: pd.DataFrame, paths: list[str], pp: Preprocess, root: os.P
                 raise RuntimeError(f"{paths[r.image_index]} can no longer be read ({e})") from None
         out = Path(root) / r.file
         out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(cache[r.image_index], "RGB").save(out, format="PNG")
+        Image.fromarray(cache[r.image_index]).save(out, format="PNG")

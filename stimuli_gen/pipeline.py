@@ -197,7 +197,7 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         natural = choose_exemplars(lists, None if exact_pass else values, hashes, units, n_needed, ex.dedupe_hamming)
         natural["file"] = [image_relpath(u, k, r) for u, k, r in zip(natural.unit_id, natural.kind, natural["rank"])]
         natural["source"] = [_relative_source(paths[i], root) for i in natural.image_index]
-        natural["spare"] = natural["rank"] >= ex.k
+        natural["spare"] = (natural["rank"] >= ex.k).astype(int)  # 0/1 like the contract booleans
         write_crops(natural, paths, pp, out)
         n_changed = int((natural.activation != natural.pass_activation).sum())
         say(f"exemplars: {len(natural)} crops from {len(cand)} candidates" + (

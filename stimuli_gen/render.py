@@ -1,0 +1,618 @@
+"""Feature visualizations of many units at once: Lucid's recipe, batched for the GPU.
+
+One batch element per (unit, visualization); a batch holds whole units (a unit's visualizations are
+coupled by the diversity term) of any layers, and the network runs only to the deepest layer in
+the batch. Every image has its own seed (recorded), which draws its initial spectrum and then all
+its transforms, and every term of the loss is per unit, so a unit's images are the same alone or in
+any batch (up to float rounding). On CUDA the network runs under bf16 autocast in channels_last
+memory (spectrum, Adam state, FFT, transforms and loss stay float32), optionally compiled.
+
+Public interface (used by the pipeline)::
+
+    cfg = RenderConfig.from_preset("lucid", n_vis=5, steps=32, size=128)
+    rows = render_feature_visualizations(model, units_df, cfg, set_root, device="cuda", checkpoint_dir=...)
+    val = validate_feature_vis(rows, natural_rows); print(summarize_validation(val))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from contracts.common import sha256_file, sha256_json, write_json_atomic
+from contracts.stimulus_set import image_relpath
+from stimuli_gen import transforms as T
+from stimuli_gen.objectives import (BatchPlan, batch_loss, mean_pairwise, redirected_relu, unit_activations,
+                                    unit_gram_similarity)
+from stimuli_gen.param import FourierImage
+
+KIND = "feature_vis"
+PRESETS = ("lucid", "borowski2021")
+CHECKPOINT_STATE = "render_checkpoint.json"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A render checkpoint is missing, corrupt or from other settings; the message names the file."""
+
+
+# ---- configuration ----------------------------------------------------------------------------------
+
+@dataclass
+class RenderConfig:
+    """Every parameter of the feature-visualization recipe (all go into the manifest via ``to_dict``)."""
+
+    preset: str = "lucid"
+    n_vis: int = 10  # visualizations per unit (coupled by the diversity term)
+    steps: int = 512
+    lr: float = 0.05  # Adam
+    size: int = 224  # render size (px) of the parameterized image
+    out_size: int = 224  # saved PNG size
+    crop_to_out: bool = False  # True: centre-crop size -> out_size (Borowski); False: bilinear resize if sizes differ
+    decay_power: float = 1.0
+    init_sd: float = 0.01
+    # transformation robustness (Lucid's standard transforms), one draw per image and step
+    pad: int = 12
+    pad_value: float = 0.5
+    jitter1: int = 8
+    scales: tuple[float, ...] = tuple(1 + (i - 5) / 50 for i in range(11))
+    angles: tuple[float, ...] = tuple(float(a) for a in range(-10, 11)) + (0.0,) * 5
+    jitter2: int = 4
+    net_size: int | None = None  # network input size; None = the transforms' field of view (size+2*pad-j1-j2)
+    diversity_weight: float = 100.0
+    # Lucid's redirected ReLU gradient is used while global_step <= 16, i.e. for the first 17 steps.
+    redirect_relu_steps: int = 17
+    relu: str = "pre"  # objective and reported activation: channel before ("pre") or after ("post") the ReLU
+    statistic: str = "mean"  # reported activation statistic (the objective is always Lucid's channel mean)
+    seed: int = 0
+    batch_size: int | None = None  # images per batch (rounded down to whole units); None: from free memory
+    max_batch_size: int = 512
+    amp: bool | None = None  # bf16 autocast for the network; None: on CUDA only
+    channels_last: bool | None = None  # None: on CUDA only
+    compile: bool | str = "auto"  # "auto": torch.compile on CUDA for layer sets with enough work to pay
+    compile_backend: str = "inductor"
+    compile_min_steps: int = 3000  # "auto" compiles a layer set when its batches take at least this many steps
+    curve_points: int = 33  # activation curve subsampled to this many steps
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(float(s) for s in self.scales)
+        self.angles = tuple(float(a) for a in self.angles)
+        problems = []
+        for name in ("n_vis", "steps", "size", "out_size", "curve_points", "max_batch_size"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.relu not in ("pre", "post"):
+            problems.append(f"relu must be 'pre' or 'post' (got {self.relu!r})")
+        if self.statistic not in ("mean", "max"):
+            problems.append(f"statistic must be 'mean' or 'max' (got {self.statistic!r})")
+        if self.crop_to_out and self.out_size > self.size:
+            problems.append(f"crop_to_out needs size >= out_size (got {self.size} < {self.out_size})")
+        if self.batch_size is not None and self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1 or None (got {self.batch_size})")
+        if self.compile not in (True, False, "auto"):
+            problems.append(f"compile must be true, false or 'auto' (got {self.compile!r})")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0 (got {self.lr})")
+        if problems:
+            raise ValueError("feature-visualization config: " + "; ".join(problems))
+        self.transform_spec().output_size(self.size)  # raises when the transforms leave no image
+
+    @classmethod
+    def from_preset(cls, name: str = "lucid", **overrides: Any) -> "RenderConfig":
+        """``lucid``: Olah et al. 2017 defaults. ``borowski2021``: the synthetic stimuli of Borowski et al.
+        2021 (2560 steps at 224+2*16 px, their transforms, centre crop to 224)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown feature-visualization preset {name!r}; choose one of {PRESETS}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"preset"}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown feature-visualization parameter(s) {sorted(unknown)}; known: {sorted(known)}")
+        base: dict[str, Any] = {}
+        if name == "borowski2021":
+            base = dict(steps=2560, size=224 + 2 * 16, out_size=224, crop_to_out=True, pad=0, jitter1=16,
+                        scales=(1.0, 0.975, 1.025, 0.95, 1.05), angles=tuple(float(a) for a in range(-5, 6)),
+                        jitter2=8)
+        return cls(preset=name, **{**base, **overrides})
+
+    def transform_spec(self) -> T.TransformSpec:
+        return T.TransformSpec(pad=self.pad, pad_value=self.pad_value, jitter1=self.jitter1, scales=self.scales,
+                               angles=self.angles, jitter2=self.jitter2)
+
+    @property
+    def field_of_view(self) -> int:
+        return self.transform_spec().output_size(self.size)
+
+    @property
+    def out_transform(self) -> str:
+        if self.size == self.out_size:
+            return "none"
+        return f"center crop {self.size}->{self.out_size}" if self.crop_to_out else f"bilinear resize {self.size}->{self.out_size}"
+
+    def to_dict(self) -> dict:
+        """JSON-able parameters for the manifest (plus the derived sizes and what they mean)."""
+        d = dataclasses.asdict(self)
+        d["scales"], d["angles"] = list(self.scales), list(self.angles)
+        d.update(
+            parameterization="Fourier (rfft, ortho, /4), decorrelated colour (Lucid matrix), sigmoid",
+            objective="channel spatial mean; per unit: mean_i a_i - diversity_weight * sum_{i!=j} cos(Gram_i, Gram_j) / n_vis",
+            net_input_size=self.net_size or self.field_of_view,
+            out_transform=self.out_transform,
+            transforms=T.describe(self.transform_spec()),
+            seeds="per image: sha256('{seed}/{unit_id}/{rank}') -> initial spectrum, then its transforms",
+        )
+        return d
+
+    def image_fingerprint(self, model_identity: Any) -> str:
+        """What determines the images (not batch size or compilation): checkpoints must match it."""
+        skip = {"batch_size", "max_batch_size", "compile", "compile_backend", "compile_min_steps"}
+        return sha256_json({"cfg": {k: v for k, v in self.to_dict().items() if k not in skip}, "model": model_identity})
+
+
+def image_seed(seed: int, unit_id: str, rank: int) -> int:
+    """Seed of one visualization, independent of batching and of the other units."""
+    return int(hashlib.sha256(f"{seed}/{unit_id}/{rank}".encode()).hexdigest()[:15], 16)
+
+
+# ---- runtime choices ------------------------------------------------------------------------------
+
+@dataclass
+class Runtime:
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    compile: bool | str
+    compiled: dict = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, cfg: RenderConfig, device: torch.device) -> "Runtime":
+        cuda = device.type == "cuda"
+        return cls(device=device, amp=cuda if cfg.amp is None else bool(cfg.amp),
+                   channels_last=cuda if cfg.channels_last is None else bool(cfg.channels_last),
+                   compile=(cuda and "auto") if cfg.compile == "auto" else bool(cfg.compile))
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "amp_bf16": self.amp, "channels_last": self.channels_last,
+                "compile": self.compile, "compiled_layer_sets": sorted("+".join(k[0]) for k in self.compiled)}
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _forward_fn(net, layers: tuple[str, ...], cfg: RenderConfig, rt: Runtime) -> Callable:
+    def fwd(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            return net.forward_layers(x, layers, relu=cfg.relu)
+
+    return fwd
+
+
+def _network(net, layers: tuple[str, ...], cfg: RenderConfig, rt: Runtime, redirect: bool, work_steps: int) -> Callable:
+    """Eager for the redirected-ReLU steps; compiled (once per layer set) when it pays."""
+    if redirect or not rt.compile:
+        return _forward_fn(net, layers, cfg, rt)
+    key = (layers, cfg.relu)
+    if key not in rt.compiled:
+        if rt.compile == "auto" and work_steps < cfg.compile_min_steps:
+            return _forward_fn(net, layers, cfg, rt)
+        rt.compiled[key] = torch.compile(_forward_fn(net, layers, cfg, rt), backend=cfg.compile_backend)
+    return rt.compiled[key]
+
+
+# ---- the optimization of one batch ------------------------------------------------------------------
+
+@dataclass
+class BatchResult:
+    images: torch.Tensor  # B x 3 x size x size, float32 in [0, 1], CPU
+    curve_steps: list[int]
+    curves: torch.Tensor  # B x len(curve_steps): each image's (transformed) activation at those steps
+
+
+def curve_steps(steps: int, points: int) -> list[int]:
+    return sorted({int(round(s)) for s in np.linspace(0, steps - 1, min(points, steps))})
+
+
+def optimize_batch(net, plan: BatchPlan, seeds: Sequence[int], cfg: RenderConfig, rt: Runtime,
+                   on_step: Callable[[int], None] | None = None, work_steps: int = 0) -> BatchResult:
+    """Run Lucid's optimization for the images of ``plan`` (``n_vis`` per unit, in unit order)."""
+    if len(seeds) != plan.batch_size:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {plan.batch_size} images")
+    dev = rt.device
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    image = FourierImage(gens, cfg.size, cfg.decay_power, cfg.init_sd, device=dev)
+    spec = cfg.transform_spec()
+    tparams = T.stack_params([T.draw_params(spec, cfg.steps, g) for g in gens]).to(dev)  # steps x B x 6
+    net_size = cfg.net_size or spec.output_size(cfg.size)
+    layers = tuple(sorted(set(plan.layers), key=net.layer_names.index))
+    opt = torch.optim.Adam([image.spectrum], lr=cfg.lr)
+    record = curve_steps(cfg.steps, cfg.curve_points)
+    record_set, recorded = set(record), []
+    for step in range(cfg.steps):
+        redirect = step < cfg.redirect_relu_steps
+        fwd = _network(net, layers, cfg, rt, redirect, work_steps)
+        x = T.transform_batch(image(), tparams[step], spec, net_size)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with net.relu_replaced(redirected_relu if redirect else F.relu):
+            acts = fwd(x)
+            loss, act = batch_loss(acts, plan, cfg.diversity_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        opt.step()
+        if step in record_set:
+            recorded.append(act)
+        if on_step is not None:
+            on_step(step)
+    with torch.no_grad():
+        final = image().detach().float().cpu()
+    return BatchResult(images=final, curve_steps=record, curves=torch.stack(recorded, 1).cpu())
+
+
+# ---- output images and their measurements (pure) -------------------------------------------------
+
+def to_output(images: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
+    """Rendered images -> saved size: centre crop (Borowski) or bilinear resize; quantized to 8 bit."""
+    x = images
+    if cfg.size != cfg.out_size:
+        if cfg.crop_to_out:
+            o = (cfg.size - cfg.out_size) // 2
+            x = x[..., o:o + cfg.out_size, o:o + cfg.out_size]
+        else:
+            x = F.interpolate(x, size=(cfg.out_size, cfg.out_size), mode="bilinear", align_corners=False,
+                              antialias=cfg.out_size < cfg.size)
+    return torch.round(x.clamp(0, 1) * 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def measure(net, plan: BatchPlan, images01: torch.Tensor, cfg: RenderConfig, device: torch.device,
+            chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Untransformed activation of each image (float32, no autocast) and per-unit Gram similarities."""
+    acts_all, sims = [], []
+    upc = max(1, chunk // plan.n_vis)  # whole units per chunk
+    for u0 in range(0, plan.n_units, upc):
+        sub = BatchPlan(plan.layers[u0:u0 + upc], plan.channels[u0:u0 + upc], plan.n_vis, device)
+        x = images01[u0 * plan.n_vis:(u0 + sub.n_units) * plan.n_vis].to(device, torch.float32)
+        layers = tuple(sorted(set(sub.layers), key=net.layer_names.index))
+        acts = net.forward_layers(x, layers, relu=cfg.relu)
+        acts_all.append(unit_activations(acts, sub, cfg.statistic).cpu())
+        sims.append(unit_gram_similarity(acts, sub).cpu())
+    return torch.cat(acts_all), torch.cat(sims)
+
+
+def pixel_std(images_u8: torch.Tensor) -> torch.Tensor:
+    """Per-image standard deviation of pixel values in [0, 1]: near 0 for a flat grey image."""
+    return (images_u8.float() / 255).flatten(1).std(dim=1)
+
+
+# ---- batching, checkpoints, I/O -------------------------------------------------------------------
+
+def schedule(units: pd.DataFrame, layer_order: Sequence[str], units_per_batch: int) -> list[pd.DataFrame]:
+    """Batches of whole units, sorted by depth so each batch runs the network no further than needed."""
+    depth = units["layer"].map({name: i for i, name in enumerate(layer_order)})
+    ordered = units.assign(_depth=depth.values).sort_values("_depth", kind="stable").drop(columns="_depth")
+    return [ordered.iloc[i:i + units_per_batch] for i in range(0, len(ordered), units_per_batch)]
+
+
+def auto_batch_size(net, cfg: RenderConfig, rt: Runtime, deepest: str, channel: int = 0) -> int:
+    """Images per batch: from free GPU memory (one probe step measures the memory per image).
+
+    On CPU batching buys nothing, while small batches sorted by depth truncate the network earlier: 16.
+    """
+    if rt.device.type != "cuda":
+        return min(cfg.max_batch_size, 16)
+    probe_units = max(1, 16 // cfg.n_vis)
+    plan = BatchPlan([deepest] * probe_units, [channel] * probe_units, cfg.n_vis, rt.device)
+    torch.cuda.synchronize(rt.device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(rt.device)
+    torch.cuda.reset_peak_memory_stats(rt.device)
+    probe = dataclasses.replace(cfg, steps=1, redirect_relu_steps=0, compile=False)
+    optimize_batch(net, plan, list(range(plan.batch_size)), probe, dataclasses.replace(rt, compile=False))
+    per_image = (torch.cuda.max_memory_allocated(rt.device) - base) / plan.batch_size
+    free, _ = torch.cuda.mem_get_info(rt.device)
+    return int(max(cfg.n_vis, min(cfg.max_batch_size, 0.7 * free / max(per_image, 1.0))))
+
+
+def _model_identity(model) -> tuple[Any, Any]:
+    """``(FeatureNet, identity)`` from a LoadedModel or a bare FeatureNet (hash of its weights)."""
+    net = getattr(model, "net", model)
+    weights = getattr(model, "weights", None)
+    if weights is None or weights.get("source") == "random" or weights.get("sha256") is None:
+        h = hashlib.sha256()
+        for k, v in net.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        weights = {"params_sha256": h.hexdigest()}
+    return net, {"name": getattr(model, "name", type(net).__name__), "weights": weights}
+
+
+def _write_png_atomic(path: Path, img_u8: torch.Tensor) -> str:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(img_u8.permute(1, 2, 0).numpy(), mode="RGB").save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def _batch_file(ckpt: Path, unit_ids: Sequence[str]) -> Path:
+    return ckpt / f"batch-{hashlib.sha256(chr(0).join(unit_ids).encode()).hexdigest()[:16]}.json"
+
+
+def _open_checkpoint(ckpt: Path, fingerprint: str, resume: bool | None) -> None:
+    state = ckpt / CHECKPOINT_STATE
+    batches = sorted(ckpt.glob("batch-*.json")) if ckpt.is_dir() else []
+    if resume is False:
+        for p in batches:
+            p.unlink()
+        state.unlink(missing_ok=True)
+    elif state.exists():
+        try:
+            obj = json.loads(state.read_text())
+            ok = obj.get("version") == CHECKPOINT_VERSION and isinstance(obj.get("fingerprint"), str)
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise CheckpointError(f"{state}: corrupt render checkpoint ({e}); delete the folder {ckpt} to start over") from e
+        if not ok:
+            raise CheckpointError(f"{state}: not a render checkpoint of version {CHECKPOINT_VERSION}; delete {ckpt} to start over")
+        if obj["fingerprint"] != fingerprint:
+            raise CheckpointError(f"{state}: checkpoint was made with other feature-visualization settings or weights; "
+                                  f"use another checkpoint folder or delete {ckpt} to start over")
+    elif batches:
+        raise CheckpointError(f"{state}: missing, but {ckpt} holds {len(batches)} batch file(s); delete {ckpt} to start over")
+    elif resume is True:
+        raise CheckpointError(f"{state}: no render checkpoint to resume from in {ckpt}")
+    ckpt.mkdir(parents=True, exist_ok=True)
+    if not state.exists():
+        write_json_atomic(state, {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint})
+
+
+def _load_finished(ckpt: Path, fingerprint: str, set_root: Path) -> dict[str, list[dict]]:
+    """Rows of every unit finished in an earlier run, after checking each batch file and its PNGs."""
+    done: dict[str, list[dict]] = {}
+    for p in sorted(ckpt.glob("batch-*.json")):
+        try:
+            obj = json.loads(p.read_text())
+            rows, pngs = obj["rows"], obj["png_sha256"]
+            fp = obj["fingerprint"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{p}: corrupt checkpoint batch file ({type(e).__name__}: {e}); "
+                                  f"delete it to redo that batch") from e
+        if fp != fingerprint:
+            raise CheckpointError(f"{p}: batch made with other settings than {ckpt / CHECKPOINT_STATE}; delete it")
+        for rel, digest in pngs.items():
+            f = set_root / rel
+            if not f.is_file() or sha256_file(f) != digest:
+                raise CheckpointError(f"{p}: its image {f} is missing or changed since the batch finished; "
+                                      f"delete {p} to redo that batch")
+        for r in rows:
+            done.setdefault(r["unit_id"], []).append(r)
+    return done
+
+
+# ---- the public entry points ------------------------------------------------------------------------
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _check_units(units_df: pd.DataFrame, net) -> pd.DataFrame:
+    missing = {"unit_id", "layer", "channel"} - set(units_df.columns)
+    if missing:
+        raise ValueError(f"units table lacks column(s) {sorted(missing)}")
+    dup = units_df.unit_id[units_df.unit_id.duplicated()]
+    if len(dup):
+        raise ValueError(f"units table: duplicate unit_id {dup.iloc[0]!r}")
+    for uid, layer, ch in units_df[["unit_id", "layer", "channel"]].itertuples(index=False):
+        if layer not in net.channels:
+            raise ValueError(f"unit {uid}: unknown layer {layer!r}; layers: {list(net.layer_names)}")
+        if not 0 <= int(ch) < net.channels[layer]:
+            raise ValueError(f"unit {uid}: channel {ch} out of range for {layer} (0..{net.channels[layer] - 1})")
+    return units_df.reset_index(drop=True)
+
+
+def render_feature_visualizations(model, units_df: pd.DataFrame, cfg: RenderConfig, set_root: os.PathLike | str,
+                                  device: str | torch.device = "cpu", checkpoint_dir: os.PathLike | str | None = None,
+                                  progress: bool = True, resume: bool | None = None) -> pd.DataFrame:
+    """Render ``cfg.n_vis`` visualizations of every unit, write the PNGs under ``set_root``, return their rows.
+
+    ``model``: a ``LoadedModel`` (or a bare ``FeatureNet``). With ``checkpoint_dir``, each finished batch
+    is recorded there and kept on a rerun (``resume``: None = if present, True = required, False =
+    start over); an interrupted batch is redone. Under torch.distributed each rank renders its share
+    of the units and every rank returns the whole table.
+    """
+    from tqdm.auto import tqdm
+
+    net, identity = _model_identity(model)
+    units = _check_units(units_df, net)
+    set_root = Path(set_root)
+    rank, world = _dist()
+    rt = Runtime.resolve(cfg, _resolve_device(device))
+    fingerprint = cfg.image_fingerprint(identity)
+
+    done: dict[str, list[dict]] = {}
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        if rank == 0:
+            _open_checkpoint(ckpt, fingerprint, resume)
+        if world > 1:
+            torch.distributed.barrier()
+        done = _load_finished(ckpt, fingerprint, set_root)
+
+    order = schedule(units, net.layer_names, len(units))[0] if len(units) else units
+    mine = order.iloc[rank::world]
+    todo = mine[~mine.unit_id.isin(list(done))]
+    rows: list[dict] = [r for uid in mine.unit_id if uid in done for r in done[uid]]
+
+    if len(todo):
+        net.to(rt.device)
+        if rt.channels_last:
+            net.to(memory_format=torch.channels_last)
+        try:
+            rows += _render_units(net, todo, cfg, rt, set_root, ckpt, fingerprint,
+                                  progress=progress and rank == 0, tqdm=tqdm)
+        finally:
+            if rt.channels_last:
+                net.to(memory_format=torch.contiguous_format)
+
+    if world > 1:
+        gathered: list[list[dict]] = [[] for _ in range(world)]
+        torch.distributed.all_gather_object(gathered, rows)
+        rows = [r for part in gathered for r in part]
+    table = pd.DataFrame(rows, columns=ROW_COLUMNS)
+    pos = {uid: i for i, uid in enumerate(units.unit_id)}
+    table = table.assign(_o=table.unit_id.map(pos)).sort_values(["_o", "rank"]).drop(columns="_o")
+    return table.reset_index(drop=True)
+
+
+ROW_COLUMNS = ["unit_id", "kind", "rank", "activation", "file", "seed", "activation_render", "gram_similarity",
+               "pixel_std", "render_size", "activation_curve"]
+
+
+def _render_units(net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runtime, set_root: Path, ckpt: Path | None,
+                  fingerprint: str, progress: bool, tqdm) -> list[dict]:
+    deepest = max(todo.layer, key=net.layer_names.index)
+    per_batch = cfg.batch_size or auto_batch_size(net, cfg, rt, deepest)
+    units_per_batch = max(1, per_batch // cfg.n_vis)
+    batches = schedule(todo, net.layer_names, units_per_batch)
+    # Steps each layer set will run (for "compile where it pays").
+    work: dict[tuple, int] = {}
+    for b in batches:
+        key = tuple(sorted(set(b.layer), key=net.layer_names.index))
+        work[key] = work.get(key, 0) + cfg.steps
+
+    rows: list[dict] = []
+    total = len(todo) * cfg.n_vis
+    bar = tqdm(total=total, unit="vis", disable=not progress, desc="feature vis", dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total} vis [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+    t0 = time.perf_counter()
+    n_steps_done = 0
+    try:
+        for b in batches:
+            uids = list(b.unit_id)
+            plan = BatchPlan(list(b.layer), [int(c) for c in b.channel], cfg.n_vis, rt.device)
+            seeds = [image_seed(cfg.seed, u, r) for u in uids for r in range(cfg.n_vis)]
+            key = tuple(sorted(set(plan.layers), key=net.layer_names.index))
+
+            def on_step(step: int, n_img=plan.batch_size) -> None:
+                nonlocal n_steps_done
+                n_steps_done += 1
+                bar.update(n_img / cfg.steps)
+                if step % 16 == 0 or step == cfg.steps - 1:
+                    bar.set_postfix_str(f"{n_steps_done / (time.perf_counter() - t0):.2f} steps/s, batch {n_img}")
+
+            res = optimize_batch(net, plan, seeds, cfg, rt, on_step=on_step, work_steps=work[key])
+            rows_b, pngs = _finish_batch(net, plan, uids, seeds, res, cfg, rt, set_root)
+            if ckpt is not None:
+                write_json_atomic(_batch_file(ckpt, uids), {"fingerprint": fingerprint, "unit_ids": uids,
+                                                           "rows": rows_b, "png_sha256": pngs})
+            rows += rows_b
+    finally:
+        bar.close()
+    return rows
+
+
+def _finish_batch(net, plan: BatchPlan, uids: list[str], seeds: list[int], res: BatchResult, cfg: RenderConfig,
+                  rt: Runtime, set_root: Path) -> tuple[list[dict], dict[str, str]]:
+    """Save the PNGs and measure what was saved (8-bit, out_size, untransformed)."""
+    out_u8 = to_output(res.images, cfg)
+    act_saved, sims = measure(net, plan, out_u8.float() / 255, cfg, rt.device)
+    act_render, _ = measure(net, plan, res.images, cfg, rt.device)
+    n = cfg.n_vis
+    # Mean similarity of each image to its unit's other images (NaN for a single image).
+    off = (sims.sum(-1) - torch.diagonal(sims, dim1=1, dim2=2)) / max(n - 1, 1)
+    stds = pixel_std(out_u8)
+    rows, pngs = [], {}
+    for i, (uid, seed) in enumerate(zip([u for u in uids for _ in range(n)], seeds)):
+        r = i % n
+        rel = image_relpath(uid, KIND, r)
+        pngs[rel] = _write_png_atomic(set_root / rel, out_u8[i])
+        curve = [[s, round(float(v), 6)] for s, v in zip(res.curve_steps, res.curves[i])]
+        rows.append({"unit_id": uid, "kind": KIND, "rank": r, "activation": float(act_saved[i]), "file": rel,
+                     "seed": int(seed), "activation_render": float(act_render[i]),
+                     "gram_similarity": float(off[i // n, r]) if n > 1 else float("nan"),
+                     "pixel_std": float(stds[i]), "render_size": cfg.size, "activation_curve": json.dumps(curve)})
+    return rows, pngs
+
+
+# ---- validation ----------------------------------------------------------------------------------
+
+def validate_feature_vis(fv_rows: pd.DataFrame, natural_rows: pd.DataFrame | None, flat_std: float = 0.02,
+                         dead_rel: float = 1e-6) -> pd.DataFrame:
+    """One row per unit: FV activations against the most activating natural image, diversity, flatness.
+
+    ``flat``: every visualization of the unit is nearly uniform (pixel std < ``flat_std``, about
+    5/255) or every activation curve stayed constant (range <= ``dead_rel`` x its magnitude: no
+    gradient reached the image, a dead unit).
+    """
+    fv = fv_rows[fv_rows.kind == KIND] if "kind" in fv_rows else fv_rows
+    nat = natural_rows[natural_rows.kind == "natural_max"] if natural_rows is not None and len(natural_rows) else None
+    out = []
+    for uid, g in fv.groupby("unit_id", sort=False):
+        nat_max = float(nat[nat.unit_id == uid].activation.max()) if nat is not None and (nat.unit_id == uid).any() else float("nan")
+        fmax = float(g.activation.max())
+        curves = [_curve(c) for c in g["activation_curve"]] if "activation_curve" in g else []
+        gains = [c[-1] - c[0] for c in curves if len(c)]
+        stds = g["pixel_std"] if "pixel_std" in g else pd.Series(dtype=float)
+        flat_images = bool(len(stds)) and bool((stds < flat_std).all())
+        dead = bool(curves) and all(np.ptp(c) <= dead_rel * np.abs(c).max() for c in curves if len(c))
+        sim = g["gram_similarity"] if "gram_similarity" in g else pd.Series(dtype=float)
+        out.append({
+            "unit_id": uid, "n_vis": len(g),
+            "fv_activation_max": fmax, "fv_activation_mean": float(g.activation.mean()),
+            "fv_activation_min": float(g.activation.min()),
+            "natural_max_activation": nat_max,
+            "ratio": fmax / nat_max if nat_max > 0 else float("nan"),
+            "fv_exceeds_natural": bool(fmax > nat_max) if not math.isnan(nat_max) else False,
+            "diversity": float(sim.mean()) if sim.notna().any() else float("nan"),
+            "pixel_std_min": float(stds.min()) if len(stds) else float("nan"),
+            "activation_gain_min": float(min(gains)) if gains else float("nan"),
+            "n_rose": int(sum(x > 0 for x in gains)),
+            "flat": flat_images or dead,
+        })
+    return pd.DataFrame(out)
+
+
+def _curve(curve: str | list) -> np.ndarray:
+    """Activation values of a curve ``[[step, value], ...]`` (JSON string or list)."""
+    c = json.loads(curve) if isinstance(curve, str) else curve
+    return np.array([v for _, v in c], dtype=float)
+
+
+def summarize_validation(val: pd.DataFrame) -> str:
+    """A few lines for the console."""
+    if not len(val):
+        return "feature-visualization validation: no units"
+    n = len(val)
+    has_nat = val.natural_max_activation.notna()
+    lines = [f"feature-visualization validation: {n} units, {int(val.n_vis.sum())} visualizations"]
+    if has_nat.any():
+        k = int(val.fv_exceeds_natural[has_nat].sum())
+        lines.append(f"  best visualization drives the unit harder than its most activating natural image: "
+                     f"{k}/{int(has_nat.sum())} units; median ratio {val.ratio[has_nat].median():.2f}")
+    else:
+        lines.append("  no natural exemplars given: activation ratio not computed")
+    lines.append(f"  objective rose during optimization: {int(val.n_rose.sum())}/{int(val.n_vis.sum())} visualizations")
+    if val.diversity.notna().any():
+        lines.append(f"  diversity (mean pairwise Gram similarity, lower = more diverse): "
+                     f"median {val.diversity.median():.3f}, range {val.diversity.min():.3f}..{val.diversity.max():.3f}")
+    flat = val.unit_id[val.flat].tolist()
+    lines.append(f"  flat (grey or dead) units: {len(flat)}" + (f": {', '.join(flat[:10])}" + (" ..." if len(flat) > 10 else "") if flat else ""))
+    return "\n".join(lines)

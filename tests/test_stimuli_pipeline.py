@@ -1,0 +1,151 @@
+"""The generator end to end through the CLI: a valid stimulus set, provenance, clear early errors."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from contracts.stimulus_set import image_relpath, load_stimulus_set
+from stimuli_gen import cli, exemplars
+from stimuli_gen.collection import Preprocess, load_crop
+
+torch.set_num_threads(1)
+SMALL = ["--resize", "72", "--crop", "64", "--weights", "random", "--no-progress", "--workers", "0", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def collection(builtin_collection, tmp_path_factory):
+    """A text-file collection: 24 built-in photographs plus one broken file."""
+    d = tmp_path_factory.mktemp("coll")
+    paths = sorted(builtin_collection.glob("*/*.jpg"))[::4][:24]
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    lst = d / "list.txt"
+    lst.write_text("\n".join([str(p) for p in paths] + ["broken.jpg"]) + "\n")
+    return lst
+
+
+@pytest.fixture(scope="module")
+def made_set(collection, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sets") / "tiny-set"
+    rc = cli.main(["--out", str(out), "--collection", str(collection), "--units-per-group", "1",
+                   "--k", "3", "--spares", "1", "--fv-per-unit", "0", "--seed", "4", *SMALL])
+    assert rc == 0
+    return out
+
+
+def test_set_is_valid_and_complete(made_set, collection):
+    s = load_stimulus_set(made_set)
+    assert s.verify_files() == []
+    assert len(s.units) == 3 and set(s.units.group) == {"early", "middle", "late"}
+    for u in s.units.unit_id:
+        for kind in ("natural_max", "natural_min"):
+            imgs = s.unit_images(u, kind)
+            assert imgs["rank"].tolist() == [0, 1, 2, 3] and imgs.spare.tolist() == ["0", "0", "0", "1"]
+            acts = imgs.activation.to_numpy()
+            assert (np.diff(acts) <= 0).all() if kind == "natural_max" else (np.diff(acts) >= 0).all()
+            assert imgs.file.tolist() == [image_relpath(u, kind, r) for r in range(4)]
+    # the PNG is exactly the crop the network saw
+    row = s.images.iloc[0]
+    src = str(collection.parent / row.source) if not row.source.startswith("/") else row.source
+    png = np.asarray(Image.open(s.path(row.file)))
+    assert png.shape == (64, 64, 3)
+    assert np.array_equal(png, load_crop(src, Preprocess(resize=72, crop=64))[0].permute(1, 2, 0).numpy())
+
+
+def test_manifest_records_provenance_and_random_weights(made_set):
+    m = json.loads((made_set / "manifest.json").read_text())
+    assert m["random_weights"] is True and m["model"]["weights"]["source"] == "random"
+    assert any("RANDOM WEIGHTS" in n for n in m["notes"])
+    p = m["parameters"]
+    assert p["collection"]["n_listed"] == 25 and p["collection"]["n_skipped"] == 1
+    assert p["collection"]["preprocess"]["crop"] == 64 and p["exemplars"]["k"] == 3
+    assert p["exemplars"]["statistic"] == "mean" and p["exemplars"]["relu"] == "pre"
+    assert m["seeds"]["units"] == 4 and m["seeds"]["weights"] == 4
+    assert {"torch", "torchvision", "pillow", "scikit-image"} <= set(m["software"])
+    assert m["layer_groups"]["middle"] == ["inception4a", "inception4b", "inception4c"]
+    skipped = pd.read_csv(made_set / "skipped_files.csv")
+    assert skipped.source.tolist() == ["broken.jpg"] and "corrupt or truncated" in skipped.reason[0]
+    assert "skipped_files.csv" in m["files"] and not (made_set / ".work").exists()
+
+
+@pytest.fixture
+def no_pass(monkeypatch):
+    """Any check that should fail before work fails before the first image is decoded."""
+    monkeypatch.setattr(exemplars, "run_pass", lambda *a, **k: pytest.fail("work started"))
+    import stimuli_gen.pipeline as P
+
+    monkeypatch.setattr(P, "run_pass", lambda *a, **k: pytest.fail("work started"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--collection", "EMPTY"], "is empty"),
+    (["--k", "30"], "has only 25 images"),
+    (["--units", "inception9a:1:early"], "unknown layer 'inception9a'"),
+    (["--units", "inception4a:512"], "channel 512 out of range for torchvision_googlenet inception4a"),
+    (["--statistic", "median"], "statistic must be 'mean' or 'max'"),
+    (["--model", "lucid_inceptionv1", "--weights", "pretrained"], "pass --weights PATH"),
+])
+def test_errors_before_any_work(extra, message, collection, tmp_path, capsys, no_pass):
+    (tmp_path / "empty").mkdir()
+    args = ["--out", str(tmp_path / "x"), "--collection", str(collection), "--fv-per-unit", "0", *SMALL, *extra]
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    if "pretrained" in extra:
+        args.remove("random")
+        args.remove("--weights")
+    assert cli.main(args) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_existing_output_needs_overwrite(made_set, collection, capsys, no_pass):
+    assert cli.main(["--out", str(made_set), "--collection", str(collection), *SMALL]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeypatch):
+    """With a stand-in renderer (the real one is stimuli_gen.render): its rows join the images table,
+    its config goes into the manifest, validation.csv is written and hashed."""
+    calls = {}
+
+    class RenderConfig:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        @classmethod
+        def from_preset(cls, name, **overrides):
+            calls["preset"] = (name, overrides)
+            return cls(preset=name, **overrides)
+
+        def to_dict(self):
+            return dict(self.kw)
+
+    def render(model, units_df, cfg, set_root, device, checkpoint_dir, progress):
+        rows = []
+        for u in units_df.unit_id:
+            for r in range(cfg.kw["n_per_unit"]):
+                rel = image_relpath(u, "feature_vis", r)
+                (set_root / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (64, 64), (r, 0, 0)).save(set_root / rel)
+                rows.append({"unit_id": u, "kind": "feature_vis", "rank": r, "activation": 1.0, "file": rel, "seed": r})
+        return pd.DataFrame(rows)
+
+    def validate(fv_rows, natural_rows):
+        assert set(natural_rows.kind) == {"natural_max", "natural_min"}
+        return pd.DataFrame({"unit_id": sorted(set(fv_rows.unit_id)), "ok": True})
+
+    fake = types.ModuleType("stimuli_gen.render")
+    fake.RenderConfig, fake.render_feature_visualizations, fake.validate_feature_vis = RenderConfig, render, validate
+    monkeypatch.setitem(sys.modules, "stimuli_gen.render", fake)
+    out = tmp_path / "fv-set"
+    assert cli.main(["--out", str(out), "--collection", str(collection), "--units", "inception4a:3,inception5b:7",
+                     "--k", "2", "--spares", "0", "--fv-per-unit", "2", "--fv-steps", "8", "--fv-size", "64", *SMALL]) == 0
+    s = load_stimulus_set(out)
+    assert s.verify_files() == []
+    assert calls["preset"] == ("default", {"n_per_unit": 2, "seed": 0, "steps": 8, "size": 64})
+    assert len(s.images[s.images.kind == "feature_vis"]) == 4
+    assert s.manifest["parameters"]["feature_vis"]["steps"] == 8
+    assert "validation.csv" in s.manifest["files"] and len(pd.read_csv(out / "validation.csv")) == 2
