@@ -21,7 +21,7 @@ Every field ends up in the manifest (``GeneratorConfig.to_dict()``). Example::
     relu = "pre"                    # pre | post
     [feature_vis]
     per_unit = 5
-    preset = "default"
+    preset = "lucid"
     [feature_vis.overrides]         # passed to RenderConfig.from_preset
     steps = 512
     [run]
@@ -83,7 +83,7 @@ class ExemplarConfig:
 @dataclass
 class FeatureVisConfig:
     per_unit: int = 5
-    preset: str = "default"
+    preset: str = "lucid"  # lucid | borowski2021 (stimuli_gen.render)
     overrides: dict[str, Any] = field(default_factory=dict)
 
 

@@ -158,7 +158,7 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
                        keep=min(n_needed + margin, len(paths)), checkpoint_every_s=ex.checkpoint_every_s)
     precision = opts.resolved_precision(device)
     say(f"model {model.name} ({model.weights['identity']}), device {device}, {info.world_size} process(es), "
-        f"{len(units)} units in {len(groups)} groups, {len(paths)} images from {source}, decoder {decoder}, "
+        f"{len(units)} units in {units.group.nunique()} groups, {len(paths)} images from {source}, decoder {decoder}, "
         f"{precision}, {opts.workers} loader workers")
 
     # ---- the exemplar pass over this rank's shard ----
@@ -208,11 +208,14 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
     if cfg.feature_vis.per_unit > 0:
         from stimuli_gen.render import RenderConfig, render_feature_visualizations, validate_feature_vis
 
-        overrides = {"n_per_unit": cfg.feature_vis.per_unit, "seed": cfg.run.seed, **cfg.feature_vis.overrides}
+        # the visualizations report the same unit activation (statistic, ReLU side) as the exemplars
+        overrides = {"n_vis": cfg.feature_vis.per_unit, "seed": cfg.run.seed, "relu": ex.relu,
+                     "statistic": ex.statistic, **cfg.feature_vis.overrides}
         rcfg = RenderConfig.from_preset(cfg.feature_vis.preset, **overrides)
         fv_params = rcfg.to_dict()
         fv_rows = render_feature_visualizations(model, units, rcfg, out, device=device, checkpoint_dir=work / "fv",
-                                                progress=cfg.run.progress and info.is_main)
+                                                progress=cfg.run.progress and info.is_main,
+                                                resume=None if cfg.run.resume else False)
         if info.is_main:
             val = validate_feature_vis(fv_rows, natural)
 
@@ -235,7 +238,8 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         extra += _combine_activations(out, work, all_channels, len(paths), info.world_size)
     images = pd.concat([natural, fv_rows], ignore_index=True) if fv_rows is not None else natural
     seeds = {"run": cfg.run.seed, "units": cfg.run.seed if cfg.units.seed is None else cfg.units.seed,
-             "weights": model.weights.get("seed"), "feature_vis": cfg.run.seed}
+             "weights": model.weights.get("seed"),
+             "feature_vis": fv_params.get("seed", cfg.run.seed) if fv_params else None}
     parameters = {
         "config": cfg.to_dict(),
         "collection": {"source": str(source), "root": str(root), "n_listed": len(paths), "n_used": n_seen - len(skipped),
@@ -267,8 +271,13 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         for i, r in skipped[:10]:
             say(f"  {paths[i]}: {r}")
     if val is not None:
-        say("feature-visualization validation (validation.csv):")
-        say(val.describe(include="all").to_string() if len(val) else "  (empty)")
+        try:
+            from stimuli_gen.render import summarize_validation
+
+            say(summarize_validation(val))
+        except ImportError:
+            say(val.describe(include="all").to_string())
+        say(f"  per unit: {out / VALIDATION_TABLE}")
     if notes:
         say(f"{RANDOM_BANNER}\nNOTES: {' '.join(notes)}\n{RANDOM_BANNER}", file=sys.stderr)
     D.barrier(info)

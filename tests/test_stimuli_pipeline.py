@@ -123,10 +123,10 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
         def to_dict(self):
             return dict(self.kw)
 
-    def render(model, units_df, cfg, set_root, device, checkpoint_dir, progress):
+    def render(model, units_df, cfg, set_root, device, checkpoint_dir, progress, resume):
         rows = []
         for u in units_df.unit_id:
-            for r in range(cfg.kw["n_per_unit"]):
+            for r in range(cfg.kw["n_vis"]):
                 rel = image_relpath(u, "feature_vis", r)
                 (set_root / rel).parent.mkdir(parents=True, exist_ok=True)
                 Image.new("RGB", (64, 64), (r, 0, 0)).save(set_root / rel)
@@ -145,7 +145,7 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
                      "--k", "2", "--spares", "0", "--fv-per-unit", "2", "--fv-steps", "8", "--fv-size", "64", *SMALL]) == 0
     s = load_stimulus_set(out)
     assert s.verify_files() == []
-    assert calls["preset"] == ("default", {"n_per_unit": 2, "seed": 0, "steps": 8, "size": 64})
+    assert calls["preset"] == ("lucid", {"n_vis": 2, "seed": 0, "relu": "pre", "statistic": "mean", "steps": 8, "size": 64})
     assert len(s.images[s.images.kind == "feature_vis"]) == 4
     assert s.manifest["parameters"]["feature_vis"]["steps"] == 8
     assert "validation.csv" in s.manifest["files"] and len(pd.read_csv(out / "validation.csv")) == 2
