@@ -227,6 +227,7 @@ def curve_steps(steps: int, points: int) -> list[int]:
     return sorted({int(round(s)) for s in np.linspace(0, steps - 1, min(points, steps))})
 
 
+@torch.enable_grad()
 def optimize_batch(net, plan: BatchPlan, seeds: Sequence[int], cfg: RenderConfig, rt: Runtime,
                    on_step: Callable[[int], None] | None = None, work_steps: int = 0) -> BatchResult:
     """Run Lucid's optimization for the images of ``plan`` (``n_vis`` per unit, in unit order)."""
@@ -346,7 +347,7 @@ def _write_png_atomic(path: Path, img_u8: torch.Tensor) -> str:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(img_u8.permute(1, 2, 0).numpy(), mode="RGB").save(tmp, format="PNG")
+    Image.fromarray(img_u8.permute(1, 2, 0).contiguous().numpy()).save(tmp, format="PNG")
     os.replace(tmp, path)
     return sha256_file(path)
 
