@@ -1,0 +1,324 @@
+"""The trial list of one participant's session. Pure Python (numpy, pandas), no PsychoPy, no I/O.
+
+Rules (each documented where it is implemented):
+
+* **Cells.** Every cell of trial type x layer group x n has ``design.trials_per_cell`` main trials.
+* **Blocks.** Main trials are sorted by cell (cells in random order) and dealt round-robin to the
+  blocks, so every block holds each cell about equally often; order is shuffled within each block.
+  ``catch.per_block`` catch trials go to random positions inside each block. Practice is block 0.
+* **Units.** Per layer group, all triplets of its units are put in one *study order* that depends
+  only on ``design.seed`` (shared by all participants) and keeps unit use even along the order.
+  Participant ``K`` (counterbalance index) takes the next ``t`` triplets after participant
+  ``K-1`` (cyclically; ``t`` = that group's trials per participant), so units and triplets are
+  spread evenly over participants, and a triplet is used at most ``design.max_triplet_uses``
+  times per participant (1 by default: never repeats).
+* **Rows.** The three units go to reference rows in random order; candidate rows are a random
+  permutation ``candidate_units`` (candidate row j shows unit ``candidate_units[j]``).
+* **Exemplar ranks (ABBA split).** For n images per side, the 2n most activating natural images
+  (ranks 0..2n-1) form pairs (0,1), (2,3), ...; the reference side takes the first image of pair k
+  when ``k + s`` is even and the second otherwise, the candidate side the other one, with ``s`` in
+  {0, 1} drawn per trial. Both sides get equally strong exemplars on average (rank sums differ by at
+  most 1). Feature-visualization and catch trials use the same reference ranks, so the reference
+  side has the same statistics in every trial type.
+* **Feature visualizations.** n of the unit's visualizations, a seeded random choice
+  (``design.fv_source = "random"``) or ranks 0..n-1 (``"first"``).
+* **Catch trials** are exemplar trials whose candidate rows show exactly the reference images
+  (trivial matches, an attention check).
+* Images within a row are shown in random order on both sides.
+
+Randomness: ``design.seed`` fixes the study order of triplets; the session seed fixes everything
+else for one participant and session. Both are recorded in session.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiment.config import Design
+
+KIND_NATURAL = "natural_max"
+KIND_FV = "feature_vis"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One planned trial. Files are relative to the stimulus set; rows run top to bottom."""
+
+    trial_index: int
+    block: int
+    is_practice: bool
+    is_catch: bool
+    trial_type: str
+    layer_group: str
+    n_images: int
+    units: tuple[str, str, str]  # unit of reference row 0, 1, 2
+    layers: tuple[str, str, str]
+    channels: tuple[int, int, int]
+    candidate_units: tuple[int, int, int]  # candidate row j shows units[candidate_units[j]]
+    reference_files: tuple[tuple[str, ...], ...]  # [row][k], display order left to right
+    candidate_files: tuple[tuple[str, ...], ...]  # [candidate row][k]
+    split_start: int  # s of the ABBA split (see module doc)
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any values (sha256 of their text), e.g. (design seed, participant, session)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def score(candidate_units: tuple[int, ...] | list[int], assignment: tuple[int, ...] | list[int]) -> list[bool]:
+    """correct[i]: reference row i was paired with the candidate row showing unit i."""
+    return [candidate_units[assignment[i]] == i for i in range(3)]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a design needs from a stimulus set
+
+
+def required_images(design: Design) -> tuple[int, int]:
+    """(natural_max ranks 0..k-1 needed per unit, feature_vis images needed per unit)."""
+    d, p = design["design"], design["practice"]
+    ns_all = list(d["n_images"]) + (list(p["n_images"]) if p["trials"] else [])
+    if design["catch"]["per_block"]:
+        ns_all.append(design["catch"]["n_images"])
+    ns_fv = [n for n in d["n_images"] if "feature_vis" in d["trial_types"]]
+    if p["trials"] and "feature_vis" in p["trial_types"]:
+        ns_fv += list(p["n_images"])
+    return 2 * max(ns_all), max(ns_fv, default=0)
+
+
+def triplets_needed(design: Design) -> dict[str, int]:
+    """Trials per participant in each layer group (practice and catch trials included)."""
+    d = design["design"]
+    groups = d["layer_groups"]
+    per_group = len(d["trial_types"]) * len(d["n_images"]) * d["trials_per_cell"]
+    need = {g: per_group for g in groups}
+    extra = design["practice"]["trials"] + design["catch"]["per_block"] * d["blocks"]
+    for i in range(extra):  # practice and catch trials cycle through the groups (see build_trials)
+        need[groups[i % len(groups)]] += 1
+    return need
+
+
+def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFrame) -> list[str]:
+    """Everything the stimulus set lacks for this design, as sentences (empty: the set is enough)."""
+    problems = []
+    k_nat, k_fv = required_images(design)
+    need = triplets_needed(design)
+    max_uses = design["design"]["max_triplet_uses"]
+    for g, t in need.items():
+        ids = sorted(units.loc[units.group == g, "unit_id"])
+        if len(ids) < 3:
+            problems.append(f"layer group {g!r}: {len(ids)} unit(s) in the set, a trial needs 3")
+            continue
+        n_trip = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
+        if n_trip * max_uses < t:
+            problems.append(
+                f"layer group {g!r}: {len(ids)} units give {n_trip} distinct triplets, but a participant has {t} trials "
+                f"in this group and design.max_triplet_uses = {max_uses}: add units to the set, reduce the trials, "
+                f"or allow repeats")
+        for uid in ids:
+            nat = set(images.loc[(images.unit_id == uid) & (images.kind == KIND_NATURAL), "rank"])
+            missing = [r for r in range(k_nat) if r not in nat]
+            if missing:
+                problems.append(f"unit {uid}: needs natural_max ranks 0..{k_nat - 1} (n up to {k_nat // 2} on both sides), "
+                                f"missing rank(s) {', '.join(map(str, missing))}")
+            n_fv = int(((images.unit_id == uid) & (images.kind == KIND_FV)).sum())
+            if n_fv < k_fv:
+                problems.append(f"unit {uid}: needs {k_fv} feature_vis images for n={k_fv}, has {n_fv}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplets
+
+
+def triplet_study_order(unit_ids: list[str], seed: int, group: str) -> list[tuple[str, str, str]]:
+    """All triplets of a group's units, ordered so that unit use stays even along the order.
+
+    Greedy: the next triplet is the remaining one whose units have been used least so far (sum of
+    counts), ties broken by a random order seeded by ``(seed, group)``. The same for all participants.
+    """
+    ids = sorted(unit_ids)
+    combos = np.array(list(itertools.combinations(range(len(ids)), 3)), dtype=np.int64)
+    rng = np.random.default_rng(derive_seed("triplet-order", seed, group))
+    combos = combos[rng.permutation(len(combos))]
+    counts = np.zeros(len(ids), dtype=np.int64)
+    remaining = np.ones(len(combos), dtype=bool)
+    order = []
+    for _ in range(len(combos)):
+        cost = counts[combos].sum(1) * 4 + counts[combos].max(1)  # prefer low totals, then no overused unit
+        cost = np.where(remaining, cost, np.iinfo(np.int64).max)
+        i = int(np.argmin(cost))  # first minimum = seeded tie-break
+        remaining[i] = False
+        counts[combos[i]] += 1
+        order.append(tuple(ids[j] for j in combos[i]))
+    return order
+
+
+def participant_triplets(order: list[tuple[str, str, str]], counterbalance: int, t: int) -> list[tuple[str, str, str]]:
+    """Participant K's t triplets: positions K*t .. K*t+t-1 of the study order, cyclically."""
+    start = counterbalance * t
+    return [order[(start + i) % len(order)] for i in range(t)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial list
+
+
+def abba_split(n: int, s: int) -> tuple[list[int], list[int]]:
+    """Reference and candidate natural_max ranks for n images per side (see module doc)."""
+    ref, cand = [], []
+    for k in range(n):
+        a, b = 2 * k, 2 * k + 1
+        if (k + s) % 2 == 0:
+            ref.append(a), cand.append(b)
+        else:
+            ref.append(b), cand.append(a)
+    return ref, cand
+
+
+def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, counterbalance: int,
+                 session_seed: int) -> list[TrialSpec]:
+    """The full, ordered trial list (practice, then blocks with catch trials) of one session.
+
+    Raises ValueError listing what the set lacks when it cannot serve this design.
+    """
+    problems = check_set_for_design(design, units, images)
+    if problems:
+        raise ValueError("the stimulus set cannot serve this design:\n  - " + "\n  - ".join(problems))
+    if counterbalance < 0:
+        raise ValueError(f"counterbalance index must be >= 0, got {counterbalance}")
+    d, prac, catch = design["design"], design["practice"], design["catch"]
+    rng = np.random.default_rng(derive_seed("session", session_seed))
+    groups = list(d["layer_groups"])
+
+    # Abstract trials: (kind, trial_type, group, n, block); kind in practice|main|catch.
+    practice_cells = list(itertools.product(prac["trial_types"], prac["n_images"]))
+    rng.shuffle(practice_cells)
+    plan_practice = []
+    for i in range(prac["trials"]):  # practice cycles through its cells and through the layer groups
+        tt, n = practice_cells[i % len(practice_cells)]
+        plan_practice.append(("practice", tt, groups[i % len(groups)], n, 0))
+
+    cells = list(itertools.product(d["trial_types"], groups, d["n_images"]))
+    cell_order = rng.permutation(len(cells))
+    main_sorted = [cells[c] for c in cell_order for _ in range(d["trials_per_cell"])]
+    blocks: list[list[tuple]] = [[] for _ in range(d["blocks"])]
+    for m, (tt, g, n) in enumerate(main_sorted):
+        blocks[m % d["blocks"]].append(("main", tt, g, n, m % d["blocks"] + 1))
+    # catch trials cycle through the groups after the practice trials (as counted in triplets_needed)
+    c_i = prac["trials"]
+    for b, block in enumerate(blocks):
+        order = [block[i] for i in rng.permutation(len(block))]
+        for _ in range(catch["per_block"]):
+            pos = int(rng.integers(1, len(order) + 1)) if order else 0  # never the first trial of a block
+            order.insert(pos, ("catch", "exemplar", groups[c_i % len(groups)], catch["n_images"], b + 1))
+            c_i += 1
+        blocks[b] = order
+    plan = plan_practice + [t for block in blocks for t in block]
+
+    # Triplets: the participant's window of the study order, randomly assigned to that group's trials.
+    need = triplets_needed(design)
+    pools: dict[str, list] = {}
+    for g in groups:
+        ids = list(units.loc[units.group == g, "unit_id"])
+        window = participant_triplets(triplet_study_order(ids, d["seed"], g), counterbalance, need[g])
+        pools[g] = [window[i] for i in rng.permutation(len(window))]
+    assert all(sum(1 for t in plan if t[2] == g) == need[g] for g in groups)
+
+    unit_info = units.set_index("unit_id")
+    files: dict[tuple[str, str], dict[int, str]] = {}
+    for (uid, kind), sel in images.groupby(["unit_id", "kind"]):
+        files[(uid, kind)] = dict(zip(sel["rank"].astype(int), sel["file"]))
+
+    trials = []
+    for idx, (kind, tt, g, n, block) in enumerate(plan):
+        triplet = list(pools[g].pop())
+        row_units = [triplet[i] for i in rng.permutation(3)]
+        cand_perm = tuple(int(x) for x in rng.permutation(3))
+        s = int(rng.integers(0, 2))
+        ref_ranks, cand_ranks = abba_split(n, s)
+        ref_rows, cand_by_unit = [], []
+        for uid in row_units:
+            nat = files[(uid, KIND_NATURAL)]
+            ref_rows.append([nat[r] for r in ref_ranks])
+            if kind == "catch":
+                cand_by_unit.append(list(ref_rows[-1]))
+            elif tt == "exemplar":
+                cand_by_unit.append([nat[r] for r in cand_ranks])
+            else:
+                fv = files[(uid, KIND_FV)]
+                avail = sorted(fv)
+                picks = avail[:n] if d["fv_source"] == "first" else sorted(rng.choice(avail, size=n, replace=False).tolist())
+                cand_by_unit.append([fv[r] for r in picks])
+        ref_rows = [tuple(row[i] for i in rng.permutation(n)) for row in ref_rows]
+        cand_rows = [tuple(cand_by_unit[u][i] for i in rng.permutation(n)) for u in cand_perm]
+        trials.append(TrialSpec(
+            trial_index=idx, block=block, is_practice=kind == "practice", is_catch=kind == "catch",
+            trial_type=tt, layer_group=g, n_images=n, units=tuple(row_units),
+            layers=tuple(str(unit_info.at[u, "layer"]) for u in row_units),
+            channels=tuple(int(unit_info.at[u, "channel"]) for u in row_units),
+            candidate_units=cand_perm, reference_files=tuple(ref_rows), candidate_files=tuple(cand_rows),
+            split_start=s))
+    return trials
+
+
+# ---------------------------------------------------------------------------------------------
+# PsychoPy conditions file
+
+
+def conditions_rows(trials: list[TrialSpec], image_root: str = "") -> list[dict]:
+    """One dict per trial with flat columns a PsychoPy Builder loop can use.
+
+    Image columns ``ref{row}_img{k}`` / ``cand{row}_img{k}`` (k < the largest n; empty when a trial
+    has fewer images) hold paths joined to ``image_root`` (relative to the stimulus set when empty).
+    """
+    n_max = max((t.n_images for t in trials), default=1)
+    rows = []
+    for t in trials:
+        row = {
+            "trial_index": t.trial_index, "block": t.block, "is_practice": int(t.is_practice),
+            "is_catch": int(t.is_catch), "trial_type": t.trial_type, "layer_group": t.layer_group,
+            "n_images": t.n_images,
+            **{f"unit_{i}": t.units[i] for i in range(3)},
+            **{f"layer_{i}": t.layers[i] for i in range(3)},
+            **{f"channel_{i}": t.channels[i] for i in range(3)},
+            "candidate_units": ";".join(map(str, t.candidate_units)),
+            "correct_assignment": ";".join(map(str, correct_assignment(t.candidate_units))),
+        }
+        for side, rows_files in (("ref", t.reference_files), ("cand", t.candidate_files)):
+            for r in range(3):
+                for k in range(n_max):
+                    f = rows_files[r][k] if k < len(rows_files[r]) else ""
+                    row[f"{side}{r}_img{k}"] = (os.path.join(image_root, f) if image_root and f else f)
+        rows.append(row)
+    return rows
+
+
+def correct_assignment(candidate_units: tuple[int, ...]) -> list[int]:
+    """The assignment a perfect participant gives: reference row i -> the candidate row showing unit i."""
+    return [list(candidate_units).index(i) for i in range(3)]
+
+
+def write_conditions_csv(trials: list[TrialSpec], path: os.PathLike | str, image_root: str = "") -> Path:
+    """Write the trial list as a PsychoPy conditions file (CSV, one row per trial)."""
+    path = Path(path)
+    rows = conditions_rows(trials, image_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_index"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def trial_to_dict(t: TrialSpec) -> dict:
+    return asdict(t)

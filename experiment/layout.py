@@ -1,0 +1,95 @@
+"""Screen geometry of a matching trial, in degrees of visual angle (origin at the screen centre, y up).
+
+Pure Python, no PsychoPy. Reference rows are right-aligned to the left of the centre, candidate
+rows left-aligned to the right of it, so a pair's connecting line always spans the same middle gap
+whatever n is. Images have the same size for every n, so n is not confounded with image size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SIDES = ("reference", "candidate")
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: float  # centre
+    y: float
+    w: float
+    h: float
+
+    def contains(self, px: float, py: float) -> bool:
+        return abs(px - self.x) <= self.w / 2 and abs(py - self.y) <= self.h / 2
+
+    @property
+    def left(self) -> float:
+        return self.x - self.w / 2
+
+    @property
+    def right(self) -> float:
+        return self.x + self.w / 2
+
+
+@dataclass(frozen=True)
+class TrialLayout:
+    n: int
+    image_deg: float
+    rows: dict  # side -> [Rect of row 0, 1, 2] (clickable frame, top to bottom)
+    images: dict  # side -> [[(x, y) of image k] per row]
+    confirm: Rect
+    title_y: float
+    progress_y: float
+    width: float  # extent of everything drawn, degrees
+    height: float
+
+    def hit(self, px: float, py: float) -> tuple[str, int | None] | None:
+        """Which clickable thing is at (px, py): ("reference"|"candidate", row), ("confirm", None) or None."""
+        for side in SIDES:
+            for r, rect in enumerate(self.rows[side]):
+                if rect.contains(px, py):
+                    return side, r
+        if self.confirm.contains(px, py):
+            return "confirm", None
+        return None
+
+
+def trial_layout(n: int, display: dict) -> TrialLayout:
+    """Positions of every image, row frame and button for a trial with n images per row."""
+    img, gap = float(display["image_deg"]), float(display["image_gap_deg"])
+    row_gap, side_gap, pad = float(display["row_gap_deg"]), float(display["side_gap_deg"]), float(display["frame_deg"]) * 2
+    text = float(display["text_deg"])
+    row_w = n * img + (n - 1) * gap
+    pitch = img + row_gap
+    rows_top = pitch + img / 2 + pad
+    rows: dict = {}
+    images: dict = {}
+    for side, sign in (("reference", -1), ("candidate", 1)):
+        inner = sign * side_gap / 2  # the row edge next to the centre
+        x_c = inner + sign * row_w / 2
+        rows[side] = [Rect(x_c, pitch * (1 - r), row_w + 2 * pad, img + 2 * pad) for r in range(3)]
+        xs = [inner + sign * (img / 2 + k * (img + gap)) for k in range(n)]
+        if sign < 0:
+            xs = xs[::-1]  # left to right on screen
+        images[side] = [[(x, pitch * (1 - r)) for x in xs] for r in range(3)]
+    title_y = rows_top + 1.6 * text
+    confirm = Rect(0.0, -rows_top - 2.4 * text, 8 * text, 2.2 * text)
+    progress_y = confirm.y - confirm.h / 2 - 1.3 * text
+    width = 2 * (side_gap / 2 + row_w + pad)
+    height = 2 * max(title_y + 1.5 * text, -(progress_y - text))
+    return TrialLayout(n, img, rows, images, confirm, title_y, progress_y, width, height)
+
+
+def check_fits(layout: TrialLayout, screen_w_deg: float, screen_h_deg: float, margin_deg: float = 0.5) -> str | None:
+    """None when the trial fits on the screen, else a message saying by how much it does not."""
+    if layout.width + 2 * margin_deg > screen_w_deg or layout.height + 2 * margin_deg > screen_h_deg:
+        return (f"a trial with n={layout.n} needs {layout.width:.1f} x {layout.height:.1f} deg but the screen is "
+                f"{screen_w_deg:.1f} x {screen_h_deg:.1f} deg: reduce display.image_deg or the gaps, or check monitor.*")
+    return None
+
+
+def screen_size_deg(width_cm: float, distance_cm: float, resolution: list[int]) -> tuple[float, float]:
+    """Screen width and height in degrees, as PsychoPy converts them (``deg2cm``: cm = deg * distance * 0.017455)."""
+    cm_per_deg = distance_cm * 0.017455
+    cm_per_px = width_cm / resolution[0]
+    return resolution[0] * cm_per_px / cm_per_deg, resolution[1] * cm_per_px / cm_per_deg

@@ -1,0 +1,526 @@
+"""The PsychoPy session: window, instructions, practice with feedback, blocks with breaks, trials.
+
+PsychoPy's ``visual`` needs a display, so it is imported inside ``run_session`` only. Data safety:
+every finished trial is appended to trials.csv and fsync'd (``contracts.session.TrialLog``) before
+the next trial starts; session.json is rewritten atomically after each trial; PsychoPy's
+``ExperimentHandler`` wide CSV (``psychopy/``) is rewritten after each trial with collision method
+'overwrite' and never autosaved (no ``_1.csv`` duplicates), and gets only fields without quotes.
+
+Simulated participants (``--simulate``) press the real (emulated) pyglet mouse button at the
+screen position of the row they choose; the same polling code then reads the click as for a person.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import statistics
+from pathlib import Path
+
+from contracts.session import PSYCHOPY_DIR, TRIALS_FILE, TrialLog, now_iso
+from contracts.stimulus_set import StimulusSet
+from experiment.design import TrialSpec, score
+from experiment.layout import check_fits, screen_size_deg, trial_layout
+from experiment.matching import PairingState
+from experiment.simulate import SimulatedParticipant
+from experiment.storage import SessionPlan, save_info, trial_row
+
+# Handler columns: scalars only (saveAsWideText does not escape quotes, so no JSON here).
+HANDLER_FIELDS = ("experiment", "participant", "session", "trial_index", "block", "is_practice", "is_catch",
+                  "trial_type", "layer_group", "n_images", "unit_0", "unit_1", "unit_2", "candidate_units",
+                  "assignment", "correct_0", "correct_1", "correct_2", "n_correct", "trial_correct",
+                  "rt_first_click", "rt_confirm", "frames", "frames_dropped", "onset")
+
+INSTRUCTIONS = (
+    "Welcome, and thank you for taking part.\n\n"
+    "On each screen you see three rows of images on the LEFT. Each row shows what one unit of an "
+    "artificial neural network responds to most strongly.\n\n"
+    "On the RIGHT are three more rows, one for each of the same three units, in shuffled order. "
+    "They show either other photographs or synthetic images made to excite the unit.\n\n"
+    "Your task: pair every row on the right with the row on the left that shows the same unit. "
+    "Click a row on the right, then the row on the left that belongs to it. Matching colours and a line "
+    "show each pair; click again to change a pair. When all three rows are paired, click Confirm.\n\n"
+    "Take the time you need; accuracy matters more than speed. You can end the session at any time "
+    "with the Escape key."
+)
+
+
+RIGHT_RGB = [-0.6, 0.6, -0.6]
+WRONG_RGB = [0.8, -0.7, -0.7]
+
+
+class SessionAborted(Exception):
+    """The participant (or experimenter) confirmed Escape."""
+
+
+def _hex_to_rgb(h: str) -> list[float]:
+    return [int(h[i:i + 2], 16) / 127.5 - 1 for i in (1, 3, 5)]
+
+
+def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipant | None = None,
+                screenshot_dir: Path | None = None, sim_escape_after: int | None = None,
+                max_trials: int | None = None, sim_hang_after: int | None = None) -> str:
+    """Run the remaining trials of ``plan``; returns the final status (completed | aborted | running).
+
+    ``max_trials`` stops after that many trials in this run, leaving the session 'running' (for tests
+    of resume); ``sim_escape_after`` makes the simulated participant press Escape and confirm after that
+    many trials of this run (for tests of the abort path); ``sim_hang_after`` makes it stop clicking
+    after that many trials (the window keeps running: for tests that kill the process mid-session).
+    """
+    from psychopy import core, data, event, logging, monitors, visual  # noqa: F401  (needs a display)
+
+    design = plan.design
+    mon_cfg, disp = design["monitor"], design["display"]
+    psydir = plan.folder / PSYCHOPY_DIR
+    psydir.mkdir(parents=True, exist_ok=True)
+    participant, experiment = plan.info["participant"], plan.info["experiment"]
+    stem = f"{participant}_{experiment}_{data.getDateStr(format='%Y-%m-%d_%H%M%S')}"
+    logfile = logging.LogFile(str(psydir / f"{stem}.log"), level=logging.EXP, filemode="w")
+    # A simulated session runs unpaced, so PsychoPy's dropped-frame warnings are meaningless there.
+    logging.console.setLevel(logging.ERROR if sim is not None else logging.WARNING)
+
+    w_deg, h_deg = screen_size_deg(mon_cfg["width_cm"], mon_cfg["distance_cm"], mon_cfg["resolution"])
+    for n in sorted({t.n_images for t in plan.trials}):
+        problem = check_fits(trial_layout(n, disp), w_deg, h_deg)
+        if problem:
+            raise ValueError(f"{design.path}: display: {problem}")
+
+    run_record = {"started": now_iso(), "ended": None, "start_index": plan.start_index, "status": "running",
+                  "psychopy_files": stem, "simulated": plan.info["simulated"]}
+    plan.info.setdefault("runs", []).append(run_record)
+    plan.info["status"] = "running"
+    save_info(plan)
+
+    mon = monitors.Monitor(mon_cfg["name"], width=mon_cfg["width_cm"], distance=mon_cfg["distance_cm"], autoLog=False)
+    mon.setSizePix(list(mon_cfg["resolution"]))
+    win = visual.Window(size=list(mon_cfg["resolution"]), monitor=mon, units="deg", fullscr=mon_cfg["fullscreen"],
+                        screen=mon_cfg["screen"], color=disp["background"], colorSpace="rgb", allowGUI=False,
+                        checkTiming=sim is None, waitBlanking=sim is None)
+    exp = data.ExperimentHandler(name=experiment, dataFileName=str(psydir / stem), savePickle=False, saveWideText=False, autoLog=False)
+    log = TrialLog(plan.folder / TRIALS_FILE)
+    ui = _UI(win, mon, disp, sim, screenshot_dir, sim_escape_after)
+    ui.sim_hang_after = sim_hang_after
+    status = "running"
+    totals = {"frames": 0, "frames_dropped": 0, "intervals_ms_sum": 0.0}
+    try:
+        status = _run_trials(plan, stimset, ui, log, exp, psydir / f"{stem}.csv", totals, max_trials)
+    except SessionAborted:
+        status = "aborted"
+    finally:
+        log.close()
+        if exp.entries:
+            _save_handler(exp, psydir / f"{stem}.csv")
+        exp.abort()  # nothing left to autosave at exit
+        plan.info["frame_stats"] = _merge_frame_stats(plan.info.get("frame_stats") or {}, totals)
+        plan.info["status"] = status
+        plan.info["ended"] = now_iso() if status != "running" else None
+        run_record.update(ended=now_iso(), status=status, end_index=plan.start_index + plan.info.get("_run_done", 0))
+        plan.info.pop("_run_done", None)
+        save_info(plan)
+        if status == "completed" or status == "aborted":
+            try:
+                ui.message("Thank you! The session is over." if status == "completed" else "The session was ended. Thank you!",
+                           button=None, min_s=0.0 if sim else 2.0)
+            except SessionAborted:
+                pass
+        win.close()
+        logging.flush()
+        logging.root.removeTarget(logfile)
+    return status
+
+
+def _merge_frame_stats(old: dict, totals: dict) -> dict:
+    frames = old.get("frames", 0) + totals["frames"]
+    dropped = old.get("frames_dropped", 0) + totals["frames_dropped"]
+    sum_ms = old.get("frame_interval_sum_ms", 0.0) + totals["intervals_ms_sum"]
+    return {"frames": frames, "frames_dropped": dropped, "frame_interval_sum_ms": round(sum_ms, 3),
+            "frame_interval_mean_ms": round(sum_ms / frames, 3) if frames else None}
+
+
+def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: "_UI", log: TrialLog, exp, handler_csv: Path,
+                totals: dict, max_trials: int | None) -> str:
+    trials = plan.trials
+    n_total = len(trials)
+    n_blocks = max(t.block for t in trials)
+    if plan.start_index == 0:
+        ui.message(INSTRUCTIONS, button="Start", screenshot="instructions")
+        if trials and trials[0].is_practice:
+            ui.message(f"First, {sum(t.is_practice for t in trials)} practice trials. After each one you see which "
+                       "pairs were right (green) and which were wrong (red).", button="Start practice")
+    else:
+        ui.message(f"Welcome back. The session continues with trial {plan.start_index + 1} of {n_total}.\n\n"
+                   "Reminder: click a row on the right, then the row on the left that shows the same unit; "
+                   "click Confirm when all three rows are paired.", button="Continue")
+    prev_block = trials[plan.start_index - 1].block if plan.start_index > 0 else None
+    done_this_run = 0
+    for t in trials[plan.start_index:]:
+        if max_trials is not None and done_this_run >= max_trials:
+            return "running"
+        if prev_block is not None and t.block != prev_block:
+            if prev_block == 0:
+                ui.message("Practice is over; there is no more feedback from now on.\n\n"
+                           f"The experiment has {n_blocks} blocks with a break after each.", button="Start")
+            else:
+                ui.message(f"Block {prev_block} of {n_blocks} done: {t.trial_index} of {n_total} trials finished.\n\n"
+                           "Take a short break. Continue when you are ready.", button="Continue",
+                           min_s=plan.design["timing"]["min_break_s"], screenshot="break")
+        prev_block = t.block
+        row = ui.run_trial(t, stimset, plan, progress=f"Trial {t.trial_index + 1} of {n_total}")
+        log.append(row)  # flushed and fsync'd before anything else happens
+        done_this_run += 1
+        plan.info["_run_done"] = done_this_run
+        plan.info["n_trials_completed"] = t.trial_index + 1
+        info = dict(plan.info)
+        info.pop("_run_done")
+        _save_plain(plan, info)
+        for k in HANDLER_FIELDS:
+            v = row[k]
+            exp.addData(k, ";".join(map(str, v)) if isinstance(v, list) else int(v) if isinstance(v, bool) else v)
+        exp.nextEntry()
+        _save_handler(exp, handler_csv)
+        totals["frames"] += row["frames"]
+        totals["frames_dropped"] += row["frames_dropped"]
+        totals["intervals_ms_sum"] += (row["frame_interval_mean_ms"] or 0.0) * max(row["frames"] - 1, 0)
+        if ui.sim_hang_after is not None and done_this_run >= ui.sim_hang_after:
+            ui.sim_idle = True
+        if ui.sim_escape_after is not None and done_this_run >= ui.sim_escape_after:
+            ui.sim_press_escape()
+    return "completed"
+
+
+def _save_handler(exp, path: Path) -> None:
+    """Rewrite the handler's wide CSV (overwrite on purpose: it grows by one row per trial)."""
+    from psychopy import logging
+
+    level = logging.console.level
+    logging.console.setLevel(logging.ERROR)  # the 'will be overwritten' warning is expected here
+    try:
+        exp.saveAsWideText(str(path), delim=",", fileCollisionMethod="overwrite")
+    finally:
+        logging.console.setLevel(level)
+
+
+def _save_plain(plan: SessionPlan, info: dict) -> None:
+    from contracts.session import write_session_info
+
+    write_session_info(plan.folder, info)
+
+
+class _UI:
+    """Drawing and input for one window."""
+
+    def __init__(self, win, mon, disp: dict, sim: SimulatedParticipant | None, screenshot_dir: Path | None,
+                 sim_escape_after: int | None):
+        from psychopy import event, visual
+
+        self.visual, self.event = visual, event
+        self.win, self.mon, self.disp, self.sim = win, mon, disp, sim
+        self.screenshot_dir = Path(screenshot_dir) if screenshot_dir else None
+        self.shots_taken: set[str] = set()
+        self.sim_escape_after = sim_escape_after
+        self._pending_keys: list[str] = []
+        self._chrome_cache: dict[int, dict] = {}
+        self.sim_hang_after: int | None = None
+        self.sim_idle = False  # a simulated participant that stopped clicking (tests)
+        self.mouse = event.Mouse(win=win, visible=True)
+        self.colors = [_hex_to_rgb(c) for c in disp["pair_colors"]]
+        self.text_h = disp["text_deg"]
+        self.time_scale = 0.0 if sim else 1.0  # simulated participants run at full speed
+        from psychopy import core
+
+        self.core = core
+        self.w_deg, self.h_deg = screen_size_deg(mon.getWidth(), mon.getDistance(), list(mon.getSizePix()))
+        self.wrap = min(32.0, self.w_deg * 0.8)
+
+    # --- input ------------------------------------------------------------------------------
+    def _deg_to_pyglet(self, x: float, y: float) -> tuple[int, int]:
+        from psychopy.tools.monitorunittools import deg2pix
+
+        sx, sy = self.win.size
+        scale = getattr(self.mouse, "_winScaleFactor", 1.0) or 1.0
+        return (int(round((deg2pix(x, self.mon) + sx / 2) / scale)), int(round((deg2pix(y, self.mon) + sy / 2) / scale)))
+
+    def sim_click(self, x: float, y: float) -> None:
+        """An emulated left click at (x, y) deg, through pyglet's mouse handlers (as a real press)."""
+        import pyglet
+
+        px, py = self._deg_to_pyglet(x, y)
+        handle = self.win.winHandle
+        handle._mouse_x, handle._mouse_y = px, py
+        self.event._onPygletMousePress(px, py, pyglet.window.mouse.LEFT, 0, emulated=True)
+        self.event._onPygletMouseRelease(px, py, pyglet.window.mouse.LEFT, 0, emulated=True)
+
+    def sim_press_escape(self) -> None:
+        self._pending_keys += ["escape", "y"]
+
+    def _sim_keys(self) -> None:
+        if self._pending_keys:
+            self.event._onPygletKey(self._pending_keys.pop(0), 0, emulated=True)
+
+    def _new_click(self, last_time: float) -> tuple[float, tuple[float, float]] | None:
+        """A press since the last one (RT from the onset reset, as recorded by the press handler)."""
+        _, times = self.mouse.getPressed(getTime=True)
+        if times[0] > 0 and times[0] != last_time:
+            pos = self.mouse.getPos()
+            return float(times[0]), (float(pos[0]), float(pos[1]))
+        return None
+
+    def _check_escape(self) -> None:
+        self._sim_keys()
+        if self.event.getKeys(keyList=["escape"]):
+            self._confirm_quit()
+
+    def _confirm_quit(self) -> None:
+        text = self.visual.TextStim(self.win, text="End the session now?\n\nEverything finished so far is saved.\n\n"
+                                    "Press Y to end, N to continue.", height=self.text_h, wrapWidth=self.wrap, color="white",
+                                    autoLog=False)
+        self.event.clearEvents("keyboard")
+        while True:
+            self._sim_keys()
+            keys = self.event.getKeys(keyList=["y", "n", "escape"])
+            if "y" in keys:
+                raise SessionAborted()
+            if "n" in keys or "escape" in keys:
+                self.event.clearEvents()
+                return
+            text.draw()
+            self.win.flip()
+
+    # --- screens ------------------------------------------------------------------------------
+    def _shot(self, name: str) -> None:
+        if self.screenshot_dir is None or name in self.shots_taken:
+            return
+        self.shots_taken.add(name)
+        self.screenshot_dir.mkdir(parents=True, exist_ok=True)
+        im = self.win.getMovieFrame(buffer="back")
+        self.win.movieFrames = []
+        im.save(self.screenshot_dir / f"{name}.png")
+
+    def message(self, text: str, button: str | None = "Continue", min_s: float = 0.0, screenshot: str | None = None) -> None:
+        """A text screen; continues on a click on the button (or Space) once ``min_s`` has passed."""
+        visual, core = self.visual, self.core
+        body = visual.TextStim(self.win, text=text, height=self.text_h, wrapWidth=self.wrap, color="white",
+                               pos=(0, self.h_deg / 2 - 2 * self.text_h), anchorVert="top", alignText="left", autoLog=False)
+        btn_rect = btn_text = None
+        if button:
+            by = -self.h_deg / 2 + 3.5 * self.text_h
+            btn_rect = visual.Rect(self.win, width=max(8.0, 0.7 * len(button) + 3) * self.text_h, height=2.2 * self.text_h,
+                                   pos=(0, by), fillColor=[-0.4, 0.1, -0.4], lineColor="white", lineWidth=2, autoLog=False)
+            btn_text = visual.TextStim(self.win, text=button, height=self.text_h, pos=(0, by), color="white", autoLog=False)
+        clock = core.Clock()
+        min_s *= self.time_scale
+        self.event.clearEvents()
+        self.mouse.clickReset()
+        last = 0.0
+        sim_clicked = False
+        while True:
+            self._check_escape()
+            ready = clock.getTime() >= min_s
+            body.draw()
+            if btn_rect is not None:
+                btn_rect.opacity = btn_text.opacity = 1.0 if ready else 0.35
+                btn_rect.draw()
+                btn_text.draw()
+            if screenshot:
+                self._shot(screenshot)
+            if btn_rect is None:
+                self.win.flip()
+                if ready:
+                    return
+                continue
+            if self.sim is not None and ready and not sim_clicked:
+                self.sim_click(btn_rect.pos[0], btn_rect.pos[1])
+                sim_clicked = True
+            self.win.flip()
+            click = self._new_click(last)
+            if click:
+                last = click[0]
+                if ready and btn_rect.contains(*click[1]):
+                    return
+            if ready and self.event.getKeys(keyList=["space"]):
+                return
+
+    # --- a trial ------------------------------------------------------------------------------
+    def _chrome(self, n: int) -> dict:
+        """Row frames, labels, lines, pair markers and buttons for trials with n images (built once per n)."""
+        if n in self._chrome_cache:
+            return self._chrome_cache[n]
+        visual, win, th = self.visual, self.win, self.text_h
+        lay = trial_layout(n, self.disp)
+        grey = [0.3, 0.3, 0.3]
+        c = lay.confirm
+        ref0, cand0 = lay.rows["reference"][0], lay.rows["candidate"][0]
+        chrome = {
+            "layout": lay,
+            "frames": {side: [visual.Rect(win, width=r.w, height=r.h, pos=(r.x, r.y), fillColor=None, lineColor=grey,
+                                          lineWidth=2, autoLog=False) for r in lay.rows[side]]
+                       for side in ("reference", "candidate")},
+            "lines": [visual.Line(win, start=(0, 0), end=(1, 0), lineColor=self.colors[i], lineWidth=6, autoLog=False)
+                      for i in range(3)],
+            "dots": {side: [visual.Circle(win, radius=0.35 * th, edges=24, fillColor="white", lineColor=None, autoLog=False)
+                            for _ in range(3)] for side in ("reference", "candidate")},
+            "texts": [
+                visual.TextStim(win, text="Click a row on the right, then the row on the left that shows the same unit.",
+                                height=th, pos=(0, lay.title_y), color="white", wrapWidth=lay.width + 10, autoLog=False),
+                visual.TextStim(win, text="reference rows", height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
+                                pos=(ref0.x, ref0.y + ref0.h / 2 + 0.6 * th)),
+                visual.TextStim(win, text="rows to match", height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
+                                pos=(cand0.x, cand0.y + cand0.h / 2 + 0.6 * th)),
+            ],
+            "confirm": visual.Rect(win, width=c.w, height=c.h, pos=(c.x, c.y), fillColor=[-0.4, 0.1, -0.4],
+                                   lineColor="white", lineWidth=2, autoLog=False),
+            "confirm_text": visual.TextStim(win, text="Confirm", height=th, pos=(c.x, c.y), color="white", autoLog=False),
+            "progress": visual.TextStim(win, text="", height=0.7 * th, pos=(0, lay.progress_y), color=[0.4, 0.4, 0.4],
+                                        autoLog=False),
+            "feedback": visual.TextStim(win, text="", height=th, pos=(0, c.y), color="white", wrapWidth=lay.width + 10,
+                                        autoLog=False),
+            "answer_lines": [visual.Line(win, start=(0, 0), end=(1, 0), lineColor="white", lineWidth=2, autoLog=False)
+                             for _ in range(3)],
+        }
+        self._chrome_cache[n] = chrome
+        return chrome
+
+    def run_trial(self, t: TrialSpec, stimset: StimulusSet, plan: SessionPlan, progress: str) -> dict:
+        visual, core, win = self.visual, self.core, self.win
+        iti = core.Clock()
+        win.flip()  # blank inter-trial screen while this trial's stimuli are built
+        ch = self._chrome(t.n_images)
+        lay = ch["layout"]
+        size = lay.image_deg
+        images, stimuli = [], []
+        for side, rows in (("reference", t.reference_files), ("candidate", t.candidate_files)):
+            for r, files in enumerate(rows):
+                unit = t.units[r] if side == "reference" else t.units[t.candidate_units[r]]
+                for k, rel in enumerate(files):
+                    x, y = lay.images[side][r][k]
+                    images.append(visual.ImageStim(win, image=str(stimset.path(rel)), pos=(x, y), size=(size, size),
+                                                   interpolate=True, units="deg", autoLog=False))
+                    stimuli.append({"side": side, "row": r, "unit": unit, "file": rel, "x": round(x, 3), "y": round(y, 3),
+                                    "size": size})
+        ch["progress"].text = progress + ("  (practice)" if t.is_practice else "")
+        statics = images + ch["texts"] + [ch["progress"]]
+        for s in images:  # upload textures now (not at the first draw after onset)
+            s.draw()
+        win.clearBuffer()
+        while True:
+            self._check_escape()
+            win.flip()
+            if iti.getTime() >= self.disp_iti(plan):
+                break
+
+        state = PairingState()
+        clicks: list = []
+        sim_plan = None
+        if self.sim is not None and not self.sim_idle:
+            sim_plan = self.sim.click_plan(self.sim.choose_assignment(t.candidate_units))
+        self.event.clearEvents()
+        win.recordFrameIntervals = True
+        win.frameIntervals = []
+        dropped0 = win.nDroppedFrames
+        onset: dict = {}
+        win.callOnFlip(self.mouse.clickReset)
+        win.callOnFlip(onset.update, iso=now_iso())
+        win.logOnFlip(f"trial {t.trial_index} onset ({t.trial_type}, {t.layer_group}, n={t.n_images})", level=22)  # logging.EXP
+        n_flips = 0
+        last = 0.0
+        btn, btn_text = ch["confirm"], ch["confirm_text"]
+        while True:
+            self._check_escape()
+            for s in statics:
+                s.draw()
+            self._draw_pairs(state, ch)
+            btn.opacity = 1.0 if state.complete else 0.3
+            btn_text.opacity = 1.0 if state.complete else 0.4
+            btn.draw()
+            btn_text.draw()
+            if state.complete:
+                self._shot(f"trial_{'catch' if t.is_catch else t.trial_type}")
+            if sim_plan and n_flips > 0:  # one simulated click per frame, after onset
+                kind, row = sim_plan.pop(0)
+                target = lay.confirm if kind == "confirm" else lay.rows[kind][row]
+                self.sim_click(target.x, target.y)
+            win.flip()
+            n_flips += 1
+            click = self._new_click(last)
+            if not click:
+                continue
+            last = click[0]
+            hit = lay.hit(*click[1])
+            if hit is None:
+                continue
+            kind, row = hit
+            if kind == "confirm":
+                if not state.complete:
+                    continue
+                clicks.append([round(click[0], 4), "confirm", None])
+                break
+            clicks.append([round(click[0], 4), kind, row])
+            state.click(kind, row)
+        win.recordFrameIntervals = False
+        intervals = [1000 * x for x in win.frameIntervals]
+        frame_stats = {"frames": n_flips, "frames_dropped": int(win.nDroppedFrames - dropped0),
+                       "frame_interval_mean_ms": round(statistics.fmean(intervals), 3) if intervals else None,
+                       "frame_interval_sd_ms": round(statistics.stdev(intervals), 3) if len(intervals) > 1 else None}
+        assignment = state.assignment()
+        row = trial_row(plan, t, stimuli, clicks, assignment, onset.get("iso", now_iso()), frame_stats)
+        if t.is_practice:
+            self._feedback(t, state, statics, ch, plan)
+        return row
+
+    def disp_iti(self, plan: SessionPlan) -> float:
+        return plan.design["timing"]["iti_s"] * self.time_scale
+
+    def _draw_pairs(self, state: PairingState, ch: dict, verdict: list[bool] | None = None) -> None:
+        lay, frames, lines, dots = ch["layout"], ch["frames"], ch["lines"], ch["dots"]
+        grey = [0.3, 0.3, 0.3]
+        for side in ("reference", "candidate"):
+            for fr in frames[side]:
+                fr.lineColor, fr.lineWidth = grey, 2
+        for ref, cand in state.pairs.items():
+            color = self.colors[ref] if verdict is None else (RIGHT_RGB if verdict[ref] else WRONG_RGB)
+            for side, r in (("reference", ref), ("candidate", cand)):
+                frames[side][r].lineColor, frames[side][r].lineWidth = color, 6
+            a, b = lay.rows["reference"][ref], lay.rows["candidate"][cand]
+            lines[ref].start, lines[ref].end = (a.right, a.y), (b.left, b.y)
+            lines[ref].lineColor = color
+            lines[ref].draw()
+            for side, rect in (("reference", a), ("candidate", b)):
+                d = dots[side][ref]
+                d.pos = (rect.right if side == "reference" else rect.left, rect.y)
+                d.fillColor = color
+                d.draw()
+        if state.selected is not None:
+            side, r = state.selected
+            frames[side][r].lineColor, frames[side][r].lineWidth = [1, 1, 1], 6
+        for side in ("reference", "candidate"):
+            for fr in frames[side]:
+                fr.draw()
+
+    def _feedback(self, t: TrialSpec, state: PairingState, statics, ch: dict, plan: SessionPlan) -> None:
+        """Practice feedback: the participant's pairs in green (right) or red (wrong), the right pairs as
+        thin white lines where they differ, and a sentence that does not rely on colour."""
+        verdict = score(t.candidate_units, state.assignment())
+        n = sum(verdict)
+        ch["feedback"].text = ("All three pairs are right!" if n == 3 else
+                               f"{n} of 3 pairs right. Green: right, red: wrong; thin white lines show the right pairs.")
+        lay = ch["layout"]
+        answer = []
+        for i, cand in enumerate(t.candidate_units.index(i) for i in range(3)):
+            if not verdict[i]:
+                a, b = lay.rows["reference"][i], lay.rows["candidate"][cand]
+                ln = ch["answer_lines"][i]
+                ln.start, ln.end = (a.right, a.y + 0.3), (b.left, b.y + 0.3)
+                answer.append(ln)
+        clock = self.core.Clock()
+        while True:
+            self._check_escape()
+            for s in statics:
+                s.draw()
+            self._draw_pairs(state, ch, verdict=verdict)
+            for ln in answer:
+                ln.draw()
+            ch["feedback"].draw()
+            self._shot("practice_feedback")
+            self.win.flip()
+            if clock.getTime() >= plan.design["timing"]["feedback_s"] * self.time_scale:
+                return

@@ -1,0 +1,61 @@
+"""Scripted participants for piloting, the demo and tests. Pure Python, no PsychoPy.
+
+A policy decides an assignment and the clicks that make it; the runner turns each click into a
+real (emulated) PsychoPy mouse press at the row's screen position, so the task code runs exactly as
+for a person. Policies:
+
+* ``random``   - a uniformly random permutation (chance: 1/3 of rows, 1/6 of trials).
+* ``oracle``   - always the correct assignment.
+* ``noisy:P``  - the correct assignment with probability P, otherwise one of the five wrong
+  permutations, uniformly: whole-trial accuracy is P, row accuracy P + (1 - P) / 5.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+
+from experiment.design import correct_assignment
+
+PERMUTATIONS = [list(p) for p in itertools.permutations(range(3))]
+_NOISY = re.compile(r"^noisy:(0(\.\d+)?|1(\.0+)?)$")
+
+
+def parse_policy(text: str) -> str:
+    """Validate a policy string; returns it unchanged (it is recorded in session.json as ``simulated``)."""
+    if text in ("random", "oracle") or _NOISY.match(text):
+        return text
+    raise ValueError(f"invalid --simulate policy {text!r}: use random, oracle or noisy:P with 0 <= P <= 1 (e.g. noisy:0.8)")
+
+
+class SimulatedParticipant:
+    """Chooses assignments and click sequences; seeded, so a resumed simulation is reproducible."""
+
+    def __init__(self, policy: str, seed: int):
+        self.policy = parse_policy(policy)
+        self.p = float(policy.split(":")[1]) if policy.startswith("noisy:") else None
+        self.rng = np.random.default_rng(seed)
+
+    def choose_assignment(self, candidate_units: tuple[int, ...] | list[int]) -> list[int]:
+        right = correct_assignment(candidate_units)
+        if self.policy == "oracle":
+            return right
+        if self.policy == "random":
+            return list(PERMUTATIONS[int(self.rng.integers(6))])
+        if self.rng.random() < self.p:
+            return right
+        wrong = [p for p in PERMUTATIONS if p != right]
+        return list(wrong[int(self.rng.integers(5))])
+
+    def click_plan(self, assignment: list[int]) -> list[tuple[str, int | None]]:
+        """Clicks that produce ``assignment``: for each reference row (random order) its candidate row
+        then the reference row, then confirm. The random policy first makes one pair it then changes,
+        so the re-pairing path is exercised too."""
+        plan: list[tuple[str, int | None]] = []
+        if self.policy == "random":
+            plan += [("candidate", int(self.rng.integers(3))), ("reference", int(self.rng.integers(3)))]
+        for i in self.rng.permutation(3):
+            plan += [("candidate", int(assignment[int(i)])), ("reference", int(i))]
+        return plan + [("confirm", None)]

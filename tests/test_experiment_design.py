@@ -1,0 +1,401 @@
+"""Trial design, configs, pairing logic, simulated policies, session bookkeeping: pure Python, no window."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from contracts.session import TrialLog, read_trials, write_session_info
+from contracts.stimulus_set import load_stimulus_set
+from experiment.config import ConfigError, design_from_dict, load_design, shipped_designs
+from experiment.design import (
+    abba_split,
+    build_trials,
+    check_set_for_design,
+    correct_assignment,
+    participant_triplets,
+    score,
+    triplet_study_order,
+    triplets_needed,
+    write_conditions_csv,
+)
+from experiment.layout import check_fits, screen_size_deg, trial_layout
+from experiment.matching import PairingState
+from experiment.simulate import PERMUTATIONS, SimulatedParticipant, parse_policy
+from experiment.storage import (
+    ResumeError,
+    SessionExists,
+    counterbalance_from_id,
+    new_session,
+    resume_session,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stimset(fixture_set):
+    return load_stimulus_set(fixture_set)
+
+
+def cfg(**over) -> dict:
+    """A small valid config as a dict; ``over`` maps 'table.key' to a value (None deletes the key)."""
+    raw = {
+        "design": {"name": "t", "seed": 3, "n_images": [1, 3, 5], "trials_per_cell": 1, "blocks": 2, "max_triplet_uses": 4},
+        "practice": {"trials": 2},
+        "catch": {"per_block": 1},
+        "monitor": {"distance_cm": 57.0, "width_cm": 34.0, "resolution": [1280, 800]},
+    }
+    for key, value in over.items():
+        table, k = key.split(".")
+        raw.setdefault(table, {})
+        if value is None:
+            raw[table].pop(k, None)
+        else:
+            raw[table][k] = value
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def test_shipped_designs_load_and_default_is_a_full_study():
+    assert {"default", "demo"} <= set(shipped_designs())
+    d = load_design("default")
+    assert d["design"]["trial_types"] == ["exemplar", "feature_vis"]
+    assert d["design"]["layer_groups"] == ["early", "middle", "late"]
+    assert d["design"]["n_images"] == [1, 3, 5]
+    assert d["design"]["max_triplet_uses"] == 1  # a real study never repeats a triplet
+    assert d["practice"]["trials"] > 0 and d["catch"]["per_block"] > 0 and d["design"]["blocks"] > 1
+    demo = load_design("demo")
+    assert demo.name == "demo"
+    # every n of both designs fits on its monitor
+    for design in (d, demo):
+        m = design["monitor"]
+        w, h = screen_size_deg(m["width_cm"], m["distance_cm"], m["resolution"])
+        for n in design["design"]["n_images"]:
+            assert check_fits(trial_layout(n, design["display"]), w, h) is None
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"design.trials_per_cell": 0}, "design.trials_per_cell"),
+    ({"design.n_images": [2]}, "design.n_images"),
+    ({"design.trial_types": ["exemplar", "exemplar"]}, "design.trial_types"),
+    ({"design.layer_groups": ["deep"]}, "design.layer_groups"),
+    ({"design.seed": "7"}, "design.seed"),
+    ({"design.seed": None}, "design.seed"),
+    ({"design.blocks": 100}, "design.blocks"),
+    ({"design.typo": 1}, "design.typo"),
+    ({"catch.n_images": 4}, "catch.n_images"),
+    ({"monitor.resolution": [1280]}, "monitor.resolution"),
+    ({"monitor.distance_cm": True}, "monitor.distance_cm"),
+    ({"display.pair_colors": ["red", "green", "blue"]}, "display.pair_colors"),
+    ({"display.background": [0, 0, 2]}, "display.background"),
+    ({"timing.iti_s": -1}, "timing.iti_s"),
+])
+def test_invalid_configs_name_file_and_key(over, key):
+    with pytest.raises(ConfigError) as e:
+        design_from_dict(cfg(**over), "study.toml")
+    assert str(e.value).startswith("study.toml: key ") and f"'{key}'" in str(e.value)
+
+
+def test_config_errors_from_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[design]\nname = 'x'\nseed = 1\ntrials_per_cell = 1\n[monitor]\ndistance_cm = 57\nwidth_cm = 34\nresolution = [800, 600]\n[extra]\na = 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: key 'extra': unknown table"):
+        load_design(str(bad))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[design\n")
+    with pytest.raises(ConfigError, match="broken.toml.*not valid TOML"):
+        load_design(str(broken))
+    with pytest.raises(ConfigError, match="not a shipped design"):
+        load_design("no_such_design")
+    with pytest.raises(ConfigError, match="not found"):
+        load_design(str(tmp_path / "missing.toml"))
+
+
+# ----------------------------------------------------------------------------------------------- the trial list
+
+
+def test_cells_balanced_blocks_practice_and_catch(stimset):
+    d = design_from_dict(cfg(**{"design.trials_per_cell": 2, "design.n_images": [1, 3], "design.max_triplet_uses": 8}))
+    trials = build_trials(d, stimset.units, stimset.images, counterbalance=0, session_seed=11)
+    main = [t for t in trials if not t.is_practice and not t.is_catch]
+    cells = Counter((t.trial_type, t.layer_group, t.n_images) for t in main)
+    assert set(cells) == set(itertools.product(["exemplar", "feature_vis"], ["early", "middle", "late"], [1, 3]))
+    assert set(cells.values()) == {2}
+    # every block holds each cell once (2 trials per cell, 2 blocks)
+    for b in (1, 2):
+        blk = Counter((t.trial_type, t.layer_group, t.n_images) for t in main if t.block == b)
+        assert set(blk.values()) == {1} and len(blk) == 12
+    assert [t.trial_index for t in trials] == list(range(len(trials)))
+    practice = [t for t in trials if t.is_practice]
+    assert len(practice) == 2 and all(t.block == 0 for t in practice) and trials[:2] == practice
+    catch = [t for t in trials if t.is_catch]
+    assert Counter(t.block for t in catch) == {1: 1, 2: 1}
+    blocks = [t.block for t in trials]
+    assert blocks == sorted(blocks)
+    for t in catch:  # trivial match: identical images, not at a block's first position
+        assert t.trial_type == "exemplar"
+        assert [sorted(t.candidate_files[j]) for j in range(3)] == [sorted(t.reference_files[t.candidate_units[j]]) for j in range(3)]
+        assert trials[t.trial_index - 1].block == t.block
+
+
+def test_trial_content_follows_rules(stimset):
+    d = design_from_dict(cfg())
+    units = stimset.units.set_index("unit_id")
+    img = stimset.images.set_index("file")
+    for t in build_trials(d, stimset.units, stimset.images, 0, 5):
+        assert len(set(t.units)) == 3
+        assert {units.at[u, "group"] for u in t.units} == {t.layer_group}
+        assert list(t.layers) == [units.at[u, "layer"] for u in t.units]
+        assert sorted(t.candidate_units) == [0, 1, 2]
+        for r in range(3):
+            assert len(t.reference_files[r]) == len(t.candidate_files[r]) == t.n_images
+            ref = img.loc[list(t.reference_files[r])]
+            assert set(ref.unit_id) == {t.units[r]} and set(ref.kind) == {"natural_max"}
+            ref_ranks = sorted(ref["rank"])
+            assert ref_ranks == sorted(abba_split(t.n_images, t.split_start)[0])
+            cand = img.loc[list(t.candidate_files[r])]
+            assert set(cand.unit_id) == {t.units[t.candidate_units[r]]}
+            if t.is_catch:
+                continue
+            if t.trial_type == "exemplar":
+                assert set(cand.kind) == {"natural_max"}
+                assert sorted(cand["rank"]) == sorted(abba_split(t.n_images, t.split_start)[1])
+            else:
+                assert set(cand.kind) == {"feature_vis"} and cand["rank"].is_unique
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_abba_split_gives_both_sides_comparable_ranks(n):
+    for s in (0, 1):
+        ref, cand = abba_split(n, s)
+        assert sorted(ref + cand) == list(range(2 * n))
+        assert abs(sum(ref) - sum(cand)) <= 1
+    # over the two start sides the sides are exactly exchangeable
+    assert sorted(abba_split(n, 0)[0]) == sorted(abba_split(n, 1)[1])
+
+
+def test_seeds_reproduce_and_differ(stimset):
+    d = design_from_dict(cfg())
+    a = build_trials(d, stimset.units, stimset.images, 0, 1)
+    assert a == build_trials(d, stimset.units, stimset.images, 0, 1)
+    b = build_trials(d, stimset.units, stimset.images, 0, 2)
+    assert [t.units for t in a] != [t.units for t in b] or [t.candidate_units for t in a] != [t.candidate_units for t in b]
+    assert [(t.trial_type, t.layer_group, t.n_images) for t in a] != [(t.trial_type, t.layer_group, t.n_images) for t in b]
+
+
+def test_triplets_never_repeat_and_spread_evenly_over_participants():
+    units = pd.DataFrame({"unit_id": [f"u{i:02d}" for i in range(10)], "group": "early", "layer": "l", "channel": range(10)})
+    order = triplet_study_order(list(units.unit_id), seed=5, group="early")
+    assert len(order) == len(set(order)) == 120
+    assert order == triplet_study_order(list(units.unit_id)[::-1], seed=5, group="early")  # input order is irrelevant
+    t = 28  # default study: trials per group per participant
+    use = Counter()
+    for k in range(30):  # 30 participants x 28 triplets = 7 full cycles of the 120 triplets
+        mine = participant_triplets(order, k, t)
+        assert len(set(mine)) == t  # no repeats within a participant
+        per_unit = Counter(u for trip in mine for u in trip)
+        assert max(per_unit.values()) - min(per_unit.get(u, 0) for u in units.unit_id) <= 3, per_unit  # balanced within a participant too
+        use.update(mine)
+    assert set(use.values()) == {7}  # every triplet used equally often, hence every unit as well
+
+
+def test_set_checks_say_what_is_missing(stimset):
+    d = design_from_dict(cfg(**{"design.max_triplet_uses": 1}))
+    problems = check_set_for_design(d, stimset.units, stimset.images)
+    assert problems and all("distinct triplets" in p for p in problems)
+    assert any("layer group 'early'" in p for p in problems)
+    # drop natural_max ranks 8, 9 of one unit and feature visualizations of another
+    uid, uid2 = stimset.units.unit_id.iloc[0], stimset.units.unit_id.iloc[5]
+    imgs = stimset.images[~((stimset.images.unit_id == uid) & (stimset.images.kind == "natural_max") & (stimset.images["rank"] >= 8))]
+    imgs = imgs[~((imgs.unit_id == uid2) & (imgs.kind == "feature_vis") & (imgs["rank"] >= 2))]
+    problems = check_set_for_design(design_from_dict(cfg()), stimset.units, imgs)
+    assert any(uid in p and "missing rank(s) 8, 9" in p for p in problems)
+    assert any(uid2 in p and "needs 5 feature_vis" in p and "has 2" in p for p in problems)
+    with pytest.raises(ValueError, match="cannot serve this design"):
+        build_trials(design_from_dict(cfg()), stimset.units, imgs, 0, 1)
+    # n = 1 only needs ranks 0, 1 and one visualization
+    small = design_from_dict(cfg(**{"design.n_images": [1], "practice.n_images": [1], "catch.n_images": 1}))
+    assert check_set_for_design(small, stimset.units, imgs) == []
+
+
+def test_triplets_needed_counts_practice_and_catch():
+    d = design_from_dict(cfg())  # 2 types x 3 n x 1 = 6 per group; 2 practice + 2 catch cycle over the groups
+    assert triplets_needed(d) == {"early": 8, "middle": 7, "late": 7}
+
+
+def test_conditions_file_for_psychopy(stimset, tmp_path):
+    d = design_from_dict(cfg())
+    trials = build_trials(d, stimset.units, stimset.images, 0, 1)
+    path = write_conditions_csv(trials, tmp_path / "cond.csv", image_root=str(stimset.root))
+    from psychopy import data  # data imports without a display
+
+    conds = data.importConditions(str(path))
+    assert len(conds) == len(trials)
+    for t, c in zip(trials, conds):
+        assert c["trial_type"] == t.trial_type and c["n_images"] == t.n_images and c["unit_0"] == t.units[0]
+        assert c["correct_assignment"] == ";".join(map(str, correct_assignment(t.candidate_units)))
+        for r in range(3):
+            for k in range(5):
+                f = c[f"ref{r}_img{k}"]
+                if k < t.n_images:
+                    assert Path(f).is_file() and f.endswith(t.reference_files[r][k])
+                else:
+                    assert f in ("", None)
+
+
+# ----------------------------------------------------------------------------------------------- UI logic, scoring, policies
+
+
+def test_pairing_state_pairs_changes_and_completes():
+    s = PairingState()
+    s.click("candidate", 2)
+    assert s.selected == ("candidate", 2)
+    s.click("reference", 0)
+    assert s.pairs == {0: 2} and s.selected is None
+    s.click("reference", 1), s.click("candidate", 2)  # reference first works too; steals candidate 2
+    assert s.pairs == {1: 2}
+    s.click("candidate", 0), s.click("candidate", 1)  # same side moves the selection
+    assert s.selected == ("candidate", 1)
+    s.click("candidate", 1)  # clicking the selection again deselects
+    assert s.selected is None
+    s.click("candidate", 0), s.click("reference", 0), s.click("candidate", 1), s.click("reference", 2)
+    assert s.complete and s.assignment() == [0, 2, 1]
+    s.click("candidate", 2), s.click("reference", 0)  # changing a pair unpairs the old partners
+    assert s.pairs == {0: 2, 2: 1} and not s.complete
+    with pytest.raises(ValueError):
+        s.assignment()
+
+
+def test_score_and_correct_assignment():
+    for cand in PERMUTATIONS:
+        right = correct_assignment(cand)
+        assert score(cand, right) == [True] * 3
+        for a in PERMUTATIONS:
+            assert sum(score(cand, a)) in (0, 1, 3)
+
+
+def test_simulated_policies():
+    assert parse_policy("noisy:0.8") == "noisy:0.8"
+    for bad in ("noisy:1.5", "noisy:", "oracl", "noisy:-0.1"):
+        with pytest.raises(ValueError, match="invalid --simulate"):
+            parse_policy(bad)
+    rng = np.random.default_rng(0)
+    cands = [list(PERMUTATIONS[i]) for i in rng.integers(0, 6, 3000)]
+    acc = {}
+    for policy in ("oracle", "random", "noisy:0.8"):
+        sim = SimulatedParticipant(policy, seed=1)
+        right = [all(score(c, sim.choose_assignment(c))) for c in cands]
+        acc[policy] = np.mean(right)
+    assert acc["oracle"] == 1.0
+    assert abs(acc["random"] - 1 / 6) < 0.03 and abs(acc["noisy:0.8"] - 0.8) < 0.03
+    # a click plan replays to its assignment through the real pairing logic
+    for policy in ("random", "oracle"):
+        sim = SimulatedParticipant(policy, seed=3)
+        for a in PERMUTATIONS:
+            s = PairingState()
+            plan = sim.click_plan(list(a))
+            assert plan[-1] == ("confirm", None)
+            for side, row in plan[:-1]:
+                s.click(side, row)
+            assert s.assignment() == list(a)
+
+
+def test_layout_rows_do_not_overlap_and_hit_test():
+    disp = load_design("default")["display"]
+    for n in (1, 3, 5):
+        lay = trial_layout(n, disp)
+        ref, cand = lay.rows["reference"], lay.rows["candidate"]
+        assert max(r.right for r in ref) < min(c.left for c in cand)
+        for side in ("reference", "candidate"):
+            rows = lay.rows[side]
+            for a, b in zip(rows, rows[1:]):
+                assert a.y - a.h / 2 > b.y + b.h / 2  # rows are separated vertically
+            for r, rect in enumerate(rows):
+                assert lay.hit(rect.x, rect.y) == (side, r)
+                for x, y in lay.images[side][r]:
+                    assert rect.contains(x - lay.image_deg / 2, y) and rect.contains(x + lay.image_deg / 2, y)
+        assert lay.hit(lay.confirm.x, lay.confirm.y) == ("confirm", None) and lay.hit(0, 0) is None
+        assert lay.confirm.y + lay.confirm.h / 2 < min(r.y - r.h / 2 for r in ref)
+    assert "reduce display.image_deg" in check_fits(trial_layout(5, disp), 20, 20)
+
+
+# ----------------------------------------------------------------------------------------------- bookkeeping
+
+
+def test_counterbalance_rule():
+    assert counterbalance_from_id("P07") == (7, "trailing number of the participant id")
+    assert counterbalance_from_id("sim01")[0] == 1
+    k, rule = counterbalance_from_id("anna")
+    assert k == counterbalance_from_id("anna")[0] and "sha256" in rule
+
+
+def test_new_session_refuses_existing_and_resume_checks_plan(stimset, tmp_path):
+    d = load_design("demo")
+    plan = new_session(tmp_path, "exp", "P03", 1, d, stimset, simulated="oracle")
+    assert plan.info["design"]["counterbalance"] == 3 and plan.info["design"]["design"]["seed"] == d.seed
+    assert plan.info["simulated"] == "oracle" and plan.info["n_trials_planned"] == len(plan.trials)
+    plan.folder.mkdir(parents=True)
+    write_session_info(plan.folder, plan.info)
+    from experiment.storage import trial_row
+
+    fr = {"frames": 1, "frames_dropped": 0, "frame_interval_mean_ms": None, "frame_interval_sd_ms": None}
+    with TrialLog(plan.folder / "trials.csv") as log:
+        for t in plan.trials[:3]:
+            log.append(trial_row(plan, t, [], [[0.5, "confirm", None]], correct_assignment(t.candidate_units), "now", fr))
+    with pytest.raises(SessionExists, match="never overwritten"):
+        new_session(tmp_path, "exp", "P03", 1, d, stimset)
+    resumed = resume_session(tmp_path, "exp", "P03", 1, stimset)
+    assert resumed.start_index == 3 and resumed.trials == plan.trials and resumed.resumed
+    # a half-written last row (kill during a write) is dropped: that trial is run again
+    with open(plan.folder / "trials.csv", "a") as f:
+        f.write("exp,P03,1,3,1,0,0,exemplar")
+    assert resume_session(tmp_path, "exp", "P03", 1, stimset).start_index == 3
+    assert len(read_trials(plan.folder)) == 3
+    # saved rows that do not match the regenerated plan: refused
+    info = json.loads((plan.folder / "session.json").read_text())
+    info["seed"] += 1
+    write_session_info(plan.folder, {k: v for k, v in info.items() if k not in ("schema", "schema_version")})
+    with pytest.raises(ResumeError, match="does not match the regenerated plan"):
+        resume_session(tmp_path, "exp", "P03", 1, stimset)
+    with pytest.raises(ResumeError, match="nothing to resume"):
+        resume_session(tmp_path, "exp", "P04", 1, stimset)
+
+
+@pytest.mark.parametrize("participant", ["../evil", "a/b", "", "x" * 65, "name with space", "ümlaut"])
+def test_cli_refuses_bad_ids_before_touching_disk(participant, fixture_set, tmp_path, capsys):
+    from experiment.cli import main
+
+    rc = main(["--stimuli", str(fixture_set), "--design", "demo", "--participant", participant, "--data-dir",
+               str(tmp_path / "data"), "--no-dialog", "--simulate", "oracle"])
+    assert rc == 2 and "invalid participant id" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+    rc = main(["--stimuli", str(fixture_set), "--design", "demo", "--experiment", "../x", "--participant", "P1",
+               "--data-dir", str(tmp_path / "data"), "--no-dialog"])
+    assert rc == 2 and "invalid experiment name" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_check_only_and_export(fixture_set, tmp_path, capsys):
+    from experiment.cli import main
+
+    out = tmp_path / "cond.csv"
+    rc = main(["--stimuli", str(fixture_set), "--design", "demo", "--participant", "P2", "--data-dir", str(tmp_path / "d"),
+               "--check-only", "--export-conditions", str(out), "--no-dialog"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "16 trials (12 main, 2 practice, 2 catch), counterbalance 2" in text
+    assert len(list(csv.DictReader(open(out)))) == 16 and not (tmp_path / "d").exists()
+    rc = main(["--stimuli", str(fixture_set), "--design", "default", "--participant", "P2", "--check-only", "--no-dialog"])
+    assert rc == 2 and "distinct triplets" in capsys.readouterr().err

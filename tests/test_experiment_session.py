@@ -1,0 +1,256 @@
+"""The PsychoPy session end to end, in a real window (Xvfb): files and rows, screenshots checked for
+content, SIGKILL mid-session and --resume, Escape, refusal of tampered stimulus sets.
+
+Sessions run as subprocesses of the installed ``fvmatch-session`` with a simulated participant, which
+clicks through emulated pyglet mouse presses (the same polling code as for a person). When no DISPLAY is
+set, the module starts its own Xvfb (24-bit) and stops it by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from contracts.session import TRIAL_COLUMNS, read_session_info, read_trials
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "fvmatch-session")
+SCREENS = Path("/work/briefs/screens")  # copies for the README (written when that folder exists)
+
+pytestmark = pytest.mark.display
+
+
+@pytest.fixture(scope="module")
+def display_env():
+    env = dict(os.environ)
+    if env.get("DISPLAY"):
+        yield env
+        return
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    with os.fdopen(r) as f:
+        number = f.readline().strip()
+    assert number, "Xvfb did not start (install xvfb, or run the tests with tools/with-display.sh)"
+    env["DISPLAY"] = f":{number}"
+    yield env
+    xvfb.terminate()
+    xvfb.wait(timeout=10)
+
+
+def run_cli(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def session_args(stimuli: Path, data: Path, participant: str, policy: str = "oracle", design: str = "demo") -> list[str]:
+    return ["--stimuli", str(stimuli), "--design", design, "--experiment", "demo", "--participant", participant,
+            "--session", "1", "--simulate", policy, "--data-dir", str(data), "--no-dialog"]
+
+
+def pix_per_deg(monitor: dict) -> float:
+    return monitor["resolution"][0] / monitor["width_cm"] * monitor["distance_cm"] * 0.017455
+
+
+def check_trial_screenshot(png: Path, row: pd.Series, monitor: dict, stimuli_root: Path, colors: list[str]) -> None:
+    """Every image of the trial is where trials.csv says, showing its file; all three pair colours drawn."""
+    shot = np.asarray(Image.open(png).convert("RGB")).astype(float)
+    h, w, _ = shot.shape
+    assert (w, h) == tuple(monitor["resolution"])
+    ppd = pix_per_deg(monitor)
+    stimuli = json.loads(row["stimuli"])
+    assert len(stimuli) == 6 * row["n_images"]
+    files = sorted({s["file"] for s in stimuli})
+    for s in stimuli:
+        half = s["size"] * ppd / 2
+        cx, cy = w / 2 + s["x"] * ppd, h / 2 - s["y"] * ppd
+        x0, x1, y0, y1 = (int(round(v)) for v in (cx - half, cx + half, cy - half, cy + half))
+        assert 0 <= x0 and x1 <= w and 0 <= y0 and y1 <= h, f"{s['file']} is off screen"
+        assert x1 - x0 >= 64, "images are drawn too small"
+        patch = shot[y0 + 3:y1 - 3, x0 + 3:x1 - 3]
+        assert patch.std() > 8, f"region of {s['file']} is flat: nothing drawn"
+
+        def diff(rel: str) -> float:
+            src = Image.open(stimuli_root / rel).convert("RGB").resize((x1 - x0, y1 - y0), Image.BILINEAR)
+            return float(np.abs(np.asarray(src, float)[3:-3, 3:-3] - patch).mean())
+
+        own = diff(s["file"])
+        assert own < 20, f"screen region at {s['x']}, {s['y']} does not show {s['file']} (mean abs diff {own:.1f})"
+        others = [diff(f) for f in files if f != s["file"]][:4]
+        assert all(own < o for o in others), "a region matches another file better than its own"
+    for c in colors:
+        rgb = np.array([int(c[i:i + 2], 16) for i in (1, 3, 5)], float)
+        near = (np.abs(shot - rgb).max(axis=2) <= 10).sum()
+        assert near > 200, f"pair colour {c} is not drawn ({near} px)"
+
+
+def test_simulated_session_files_rows_and_screenshots(fixture_set, tmp_path, display_env):
+    shots = tmp_path / "shots"
+    data = tmp_path / "data"
+    out = run_cli(session_args(fixture_set, data, "sim01", "noisy:0.8") + ["--screenshots", str(shots)], display_env)
+    assert out.returncode == 0, out.stderr
+    assert "completed: 16 of 16 trials saved" in out.stdout
+    folder = data / "demo" / "sub-sim01_ses-01"
+    info = read_session_info(folder)
+    assert info["status"] == "completed" and info["simulated"] == "noisy:0.8" and info["ended"]
+    assert info["n_trials_planned"] == info["n_trials_completed"] == 16
+    assert info["design"]["counterbalance"] == 1 and info["design"]["design"]["name"] == "demo"
+    assert info["frame_stats"]["frames"] > 0 and info["software"]["psychopy"]
+
+    with open(folder / "trials.csv") as f:
+        assert f.readline().strip().split(",") == list(TRIAL_COLUMNS)
+    df = read_trials(folder)
+    assert len(df) == 16 and list(df.trial_index) == list(range(16))
+    assert list(df.is_practice) == [1, 1] + [0] * 14 and df.is_catch.sum() == 2
+    assert set(df.block) == {0, 1, 2}
+    for _, r in df.iterrows():
+        clicks = json.loads(r["clicks"])
+        assert clicks[-1][1] == "confirm" and clicks[-1][2] is None
+        assert r["rt_first_click"] == clicks[0][0] <= r["rt_confirm"] == clicks[-1][0]
+        assert r["frames"] >= len(clicks)
+        assert len(json.loads(r["stimuli"])) == 6 * r["n_images"]
+    assert df[~df.is_catch.astype(bool)].shape[0] == 14
+
+    psy = sorted(p.name for p in (folder / "psychopy").iterdir())
+    handler = [p for p in psy if p.endswith(".csv") and not p.endswith("_conditions.csv")]
+    assert len(handler) == 1 and not any("_1." in p for p in psy), psy  # no duplicate from an exit save
+    assert handler[0].startswith("sim01_demo_") and any(p.endswith(".log") for p in psy)
+    hdf = pd.read_csv(folder / "psychopy" / handler[0])
+    assert len(hdf) == 16 and list(hdf.trial_index) == list(df.trial_index)
+    assert list(hdf.assignment) == list(df.assignment)
+
+    design = info["design"]
+    names = {p.stem for p in shots.glob("*.png")}
+    assert {"instructions", "trial_exemplar", "trial_feature_vis", "practice_feedback", "break"} <= names
+    for t in ("exemplar", "feature_vis"):
+        row = df[(df.trial_type == t) & (df.is_catch == 0)].iloc[0]  # the first trial of the type is the one shot
+        check_trial_screenshot(shots / f"trial_{t}.png", row, design["monitor"], fixture_set, design["display"]["pair_colors"])
+    ins = np.asarray(Image.open(shots / "instructions.png").convert("RGB")).astype(int)
+    white = (ins.min(axis=2) > 230).mean()
+    assert 0.01 < white < 0.2, f"instruction text coverage {white:.3f}"
+    rows_with_text = np.nonzero((ins.min(axis=2) > 230).any(axis=1))[0]
+    assert rows_with_text.min() > 10 and rows_with_text.max() < ins.shape[0] - 10  # no clipped text
+    if SCREENS.is_dir():
+        for p in shots.glob("*.png"):
+            shutil.copy(p, SCREENS / p.name)
+
+
+def test_largest_n_fits_the_default_lab_screen(fixture_set, tmp_path, display_env):
+    """n = 5 on the default design's monitor and display settings: all 30 images on screen, right files."""
+    import tomllib
+
+    raw = tomllib.loads((ROOT / "experiment" / "designs" / "default.toml").read_text())
+    raw["design"].update(n_images=[5], trials_per_cell=1, blocks=1, max_triplet_uses=1)
+    raw["practice"]["trials"] = 0
+    raw["catch"]["per_block"] = 0
+    raw["monitor"]["fullscreen"] = False
+    raw["timing"]["min_break_s"] = 0.0
+    toml = "\n".join(f"[{t}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in kv.items()) for t, kv in raw.items())
+    (tmp_path / "n5.toml").write_text(toml)
+    shots = tmp_path / "shots"
+    out = run_cli(session_args(fixture_set, tmp_path / "data", "n5", design=str(tmp_path / "n5.toml"))
+                  + ["--screenshots", str(shots)], display_env)
+    assert out.returncode == 0, out.stderr
+    df = read_trials(tmp_path / "data" / "demo" / "sub-n5_ses-01")
+    assert len(df) == 6 and set(df.n_images) == {5} and df.trial_correct.all()  # oracle
+    row = df[df.trial_type == "feature_vis"].iloc[0]
+    check_trial_screenshot(shots / "trial_feature_vis.png", row, raw["monitor"], fixture_set, raw["display"]["pair_colors"])
+    if SCREENS.is_dir():
+        shutil.copy(shots / "trial_feature_vis.png", SCREENS / "trial_feature_vis_n5_lab.png")
+        shutil.copy(shots / "trial_exemplar.png", SCREENS / "trial_exemplar_n5_lab.png")
+
+
+def test_sigkill_keeps_completed_trials_and_resume_continues_in_order(fixture_set, tmp_path, display_env):
+    data = tmp_path / "data"
+    folder = data / "demo" / "sub-sim02_ses-01"
+    proc = subprocess.Popen([CLI, *session_args(fixture_set, data, "sim02"), "--sim-hang-after", "5"], env=display_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (folder / "trials.csv").is_file() and (folder / "trials.csv").read_text().count("\n") >= 6:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"session ended before the kill: {proc.stderr.read().decode()}"
+        time.sleep(0.3)  # the simulated participant has stopped: trial 6 is on screen, unanswered
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = read_trials(folder)
+    assert list(saved.trial_index) == [0, 1, 2, 3, 4]
+    info = read_session_info(folder)
+    assert info["status"] == "running" and info["n_trials_completed"] == 5
+    handler = [p for p in (folder / "psychopy").glob("sim02_demo_*.csv") if not p.name.endswith("_conditions.csv")]
+    assert len(handler) == 1 and len(pd.read_csv(handler[0])) == 5  # rewritten after every trial
+
+    refused = run_cli(session_args(fixture_set, data, "sim02"), display_env)
+    assert refused.returncode == 2 and "never overwritten" in refused.stderr and "--resume" in refused.stderr
+    assert len(read_trials(folder)) == 5
+
+    resumed = run_cli(session_args(fixture_set, data, "sim02") + ["--resume"], display_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at trial 6" in resumed.stdout
+    df = read_trials(folder)
+    assert list(df.trial_index) == list(range(16))
+    info = read_session_info(folder)
+    assert info["status"] == "completed" and [r["start_index"] for r in info["runs"]] == [0, 5]
+
+    # the same order as an uninterrupted session of the same participant
+    ref = run_cli(session_args(fixture_set, tmp_path / "ref", "sim02"), display_env)
+    assert ref.returncode == 0, ref.stderr
+    full = read_trials(tmp_path / "ref" / "demo" / "sub-sim02_ses-01")
+    cols = ["trial_index", "block", "trial_type", "layer_group", "n_images", "unit_0", "unit_1", "unit_2", "candidate_units"]
+    pd.testing.assert_frame_equal(df[cols], full[cols])
+    files = lambda d: [[s["file"] for s in json.loads(x)] for x in d.stimuli]  # noqa: E731
+    assert files(df) == files(full)
+
+    again = run_cli(session_args(fixture_set, data, "sim02") + ["--resume"], display_env)
+    assert again.returncode == 2 and "already completed" in again.stderr
+
+
+def test_escape_asks_then_ends_cleanly(fixture_set, tmp_path, display_env):
+    data = tmp_path / "data"
+    out = run_cli(session_args(fixture_set, data, "sim03") + ["--sim-escape-after", "3"], display_env)
+    assert out.returncode == 3, out.stderr
+    folder = data / "demo" / "sub-sim03_ses-01"
+    info = read_session_info(folder)
+    assert info["status"] == "aborted" and info["ended"] and info["n_trials_completed"] == 3
+    assert len(read_trials(folder)) == 3
+    log = next((folder / "psychopy").glob("*.log")).read_text()
+    assert "EmulatedKey" in log  # the abort went through PsychoPy's key handling (Escape, then Y)
+
+
+def test_tampered_stimulus_set_is_refused(fixture_set, tmp_path, capsys):
+    from experiment.cli import main
+
+    bad = tmp_path / "set"
+    shutil.copytree(fixture_set, bad)
+    imgs = sorted((bad / "images").rglob("*.png"))
+    with open(imgs[0], "ab") as f:
+        f.write(b"x")
+    imgs[1].unlink()
+    rc = main(["--stimuli", str(bad), "--design", "demo", "--participant", "P1", "--data-dir", str(tmp_path / "d"),
+               "--no-dialog", "--simulate", "oracle"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "refusing to start" in err
+    assert f"changed file (sha256 differs from manifest): {imgs[0].relative_to(bad).as_posix()}" in err
+    assert f"missing file: {imgs[1].relative_to(bad).as_posix()}" in err
+    assert not (tmp_path / "d").exists()
+    (bad / "manifest.json").write_text("{")
+    rc = main(["--stimuli", str(bad), "--participant", "P1", "--no-dialog", "--check-only"])
+    assert rc == 2 and "manifest.json" in capsys.readouterr().err
