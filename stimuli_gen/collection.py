@@ -219,7 +219,8 @@ class Batch:
     pixel_index: torch.Tensor
     pixels: torch.Tensor  # N x 3 x S x S uint8
     jpeg_index: list[int] = field(default_factory=list)
-    jpegs: list[torch.Tensor] = field(default_factory=list)
+    jpeg_data: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))  # all files' bytes
+    jpeg_sizes: list[int] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
     converted: list[tuple[int, str]] = field(default_factory=list)
 
@@ -239,7 +240,9 @@ def make_collate(crop: int):
             pixel_index=torch.tensor([i for i, _ in px], dtype=torch.int64),
             pixels=torch.stack([t for _, t in px]) if px else torch.empty(0, 3, crop, crop, dtype=torch.uint8),
             jpeg_index=[i for i, kind, _, _ in items if kind == "jpeg"],
-            jpegs=[t for _, kind, t, _ in items if kind == "jpeg"],
+            # one tensor for all JPEG bytes: one shared-memory block per batch, not one per file
+            jpeg_data=torch.cat([t for _, kind, t, _ in items if kind == "jpeg"] or [torch.empty(0, dtype=torch.uint8)]),
+            jpeg_sizes=[len(t) for _, kind, t, _ in items if kind == "jpeg"],
             skipped=[(i, t) for i, kind, t, _ in items if kind == "skip"],
             converted=[(i, n) for i, kind, _, n in items if n],
         )
@@ -267,16 +270,17 @@ def batch_to_device(batch: Batch, paths: list[str], pp: Preprocess, device: torc
     that fails there too is appended to ``batch.skipped``."""
     crops = [batch.pixels.to(device, non_blocking=True)]
     index = [batch.pixel_index]
-    if batch.jpegs:
+    if batch.jpeg_index:
         from torchvision.io import ImageReadMode, decode_jpeg
 
+        jpegs = list(torch.split(batch.jpeg_data, batch.jpeg_sizes))
         try:
             with warnings.catch_warnings():  # deprecated in favour of TorchCodec, still the nvjpeg route in 0.29
                 warnings.simplefilter("ignore", DeprecationWarning)
-                decoded = decode_jpeg(batch.jpegs, mode=ImageReadMode.RGB, device=device)
+                decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # one bad stream fails the whole call: retry one by one
             decoded = []
-            for t in batch.jpegs:
+            for t in jpegs:
                 try:
                     decoded.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
                 except RuntimeError:

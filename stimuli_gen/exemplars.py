@@ -81,8 +81,20 @@ class UnitReader:
         b = next(iter(acts.values())).shape[0]
         out = torch.empty(b, self.n, device=next(iter(acts.values())).device)
         for layer, pos, ch in self.parts:
-            out[:, pos] = channel_statistic(acts[layer].index_select(1, ch).float(), statistic)
+            a = acts[layer]
+            if 4 * len(ch) < a.shape[1]:  # few channels: select the maps first
+                out[:, pos] = fp32_statistic(a.index_select(1, ch), statistic)
+            else:  # many: one read of the layer, then pick the channels
+                out[:, pos] = fp32_statistic(a, statistic).index_select(1, ch)
         return out
+
+
+def fp32_statistic(acts: torch.Tensor, statistic: str) -> torch.Tensor:
+    """``channel_statistic`` accumulated and returned in fp32 whatever the maps' dtype (bf16 under
+    autocast): a bf16 mean would round the unit activations to 8 bits and create false ties."""
+    if statistic == "mean":
+        return acts.mean(dim=(2, 3), dtype=torch.float32)
+    return channel_statistic(acts, statistic).float()
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -168,7 +180,7 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
                         acts = net_dev.forward_layers(x, layers, relu=opts.relu)
                     lists = lists.update(reader(acts, opts.statistic), index.to(device))
                     if memmap is not None:
-                        full = torch.cat([channel_statistic(acts[l].float(), opts.statistic) for l in all_channels], 1)
+                        full = torch.cat([fp32_statistic(acts[l], opts.statistic) for l in all_channels], 1)
                         rows = [row_of[int(i)] for i in index]
                         memmap[rows] = full.to(torch.float16).cpu().numpy()
                 skipped += batch.skipped
