@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participant", metavar="ID", help="participant id: letters, digits, '-', '_' (asked in a dialog when missing)")
     p.add_argument("--session", type=int, metavar="N", help="session number 0-999 (default 1)")
     p.add_argument("--data-dir", default="data/sessions", metavar="DIR", help="root of session data (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue an existing session after its last saved trial")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an existing session after its last saved trial (with the design, seed and "
+                        "counterbalance index recorded in its session.json)")
     p.add_argument("--counterbalance", type=int, metavar="K",
                    help="counterbalance index: which triplets of units this participant gets "
                         "(default: the trailing number of the participant id)")
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiment.config import ConfigError, load_design
     from experiment.design import write_conditions_csv
     from experiment.simulate import SimulatedParticipant, parse_policy
-    from experiment.storage import ResumeError, SessionExists, new_session, resume_session
+    from experiment.storage import ResumeError, SessionExists, new_session, resume_session, save_info
 
     try:
         policy = parse_policy(args.simulate) if args.simulate else None
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SessionExists, ResumeError, ValueError, ContractError) as e:
         return _fail(str(e))
 
+    if plan.resumed and plan.info["simulated"] != policy:
+        return _fail(f"{plan.folder} was run with simulated={plan.info['simulated']!r}; resuming it with "
+                     f"simulated={policy!r} would mix a person's and a simulation's trials")
     if args.export_conditions:
         out = write_conditions_csv(plan.trials, args.export_conditions, image_root=str(stimset.root.resolve()))
         print(f"conditions file: {out} ({len(plan.trials)} trials)")
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     plan.folder.mkdir(parents=True, exist_ok=True)
+    save_info(plan)  # from here on the folder always holds a session.json, so it can be resumed
     if not plan.resumed:
         write_conditions_csv(plan.trials, plan.folder / "psychopy" / f"{participant}_{experiment}_conditions.csv",
                              image_root=str(stimset.root.resolve()))
@@ -171,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
                              sim_hang_after=args.sim_hang_after)
     except ValueError as e:
         return _fail(str(e))
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        return _fail(f"the session stopped on an unexpected error (above). Every finished trial is saved in "
+                     f"{plan.folder}; continue with --resume once the problem is fixed.")
     done = plan.info["n_trials_completed"]
     print(f"{status}: {done} of {len(plan.trials)} trials saved in {plan.folder} ({time.perf_counter() - t0:.1f} s)")
     return {"completed": 0, "aborted": 3, "running": 4}[status]

@@ -86,7 +86,7 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
             raise ValueError(f"{design.path}: display: {problem}")
 
     run_record = {"started": now_iso(), "ended": None, "start_index": plan.start_index, "status": "running",
-                  "psychopy_files": stem, "simulated": plan.info["simulated"]}
+                  "psychopy_files": stem, "simulated": sim.policy if sim else None}
     plan.info.setdefault("runs", []).append(run_record)
     plan.info["status"] = "running"
     save_info(plan)
@@ -119,8 +119,8 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
         save_info(plan)
         if status == "completed" or status == "aborted":
             try:
-                ui.message("Thank you! The session is over." if status == "completed" else "The session was ended. Thank you!",
-                           button=None, min_s=0.0 if sim else 2.0)
+                ui.message(("Thank you! The session is over." if status == "completed" else "The session was ended.")
+                           + "\n\nPlease let the experimenter know.", button="Close", min_s=1.0)
             except SessionAborted:
                 pass
         win.close()

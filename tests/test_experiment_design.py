@@ -399,3 +399,83 @@ def test_cli_check_only_and_export(fixture_set, tmp_path, capsys):
     assert len(list(csv.DictReader(open(out)))) == 16 and not (tmp_path / "d").exists()
     rc = main(["--stimuli", str(fixture_set), "--design", "default", "--participant", "P2", "--check-only", "--no-dialog"])
     assert rc == 2 and "distinct triplets" in capsys.readouterr().err
+
+
+class _FakeGui:
+    """Stands in for psychopy.gui: answers DlgFromDict/Dlg as a scripted experimenter would."""
+
+    def __init__(self, answers: list[dict | None], resume_ok: bool = True):
+        self.answers, self.resume_ok, self.asked = list(answers), resume_ok, []
+        gui = self
+
+        class DlgFromDict:
+            def __init__(self, dictionary, title="", order=None, **kw):
+                gui.asked.append(("DlgFromDict", dict(dictionary), title, order))
+                answer = gui.answers.pop(0)
+                self.OK = answer is not None
+                if answer:
+                    dictionary.update(answer)
+
+        class Dlg:
+            def __init__(self, title=""):
+                self.text, self.OK = [], False
+                gui.asked.append(("Dlg", title))
+
+            def addText(self, text):
+                self.text.append(text)
+
+            def show(self):
+                self.OK = gui.resume_ok
+                return self.OK
+
+        self.DlgFromDict, self.Dlg = DlgFromDict, Dlg
+
+
+def test_dialog_asks_ids_validates_and_offers_resume(fixture_set, tmp_path, monkeypatch, capsys):
+    import psychopy
+
+    import experiment.runner
+    from experiment.cli import main
+
+    ran = []
+
+    def fake_run(plan, stimset, **kw):  # the window is tested in test_experiment_session.py
+        ran.append(plan)
+        plan.info["n_trials_completed"] = plan.start_index
+        return "running"
+
+    monkeypatch.setattr(experiment.runner, "run_session", fake_run)
+    args = ["--stimuli", str(fixture_set), "--design", "demo", "--data-dir", str(tmp_path)]
+
+    fake = _FakeGui([{"participant": "P05", "session": 2}])
+    monkeypatch.setitem(sys.modules, "psychopy.gui", fake)
+    monkeypatch.setattr(psychopy, "gui", fake, raising=False)
+    assert main(args) == 4
+    assert fake.asked[0][0] == "DlgFromDict" and fake.asked[0][3] == ["participant", "session"]
+    assert ran[-1].folder == tmp_path / "demo" / "sub-P05_ses-02" and ran[-1].info["design"]["counterbalance"] == 5
+
+    for answer, msg in (({"participant": "../P05", "session": 1}, "invalid participant id"), (None, "cancelled")):
+        fake.answers = [answer]
+        assert main(args) == 2 and msg in capsys.readouterr().err
+
+    # an existing session: the dialog offers to resume it; declining never touches it
+    assert read_session_info_status(ran[-1].folder) == "running"  # written before the window opens
+    fake.answers, fake.resume_ok = [{"participant": "P05", "session": 2}], False
+    assert main(args) == 2 and "never overwritten" in capsys.readouterr().err
+    fake.answers, fake.resume_ok = [{"participant": "P05", "session": 2}], True
+    n = len(ran)
+    assert main(args) == 4 and len(ran) == n + 1 and ran[-1].resumed
+    assert fake.asked[-1] == ("Dlg", "Session exists")
+    # --no-dialog never asks
+    fake.asked.clear()
+    assert main(args + ["--no-dialog"]) == 2 and fake.asked == []
+    assert "--participant is required" in capsys.readouterr().err
+    # a person's session is not continued by a simulation
+    assert main(args + ["--participant", "P05", "--session", "2", "--resume", "--simulate", "oracle"]) == 2
+    assert "would mix" in capsys.readouterr().err
+
+
+def read_session_info_status(folder: Path) -> str:
+    from contracts.session import read_session_info
+
+    return read_session_info(folder)["status"]
