@@ -149,3 +149,23 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
     assert len(s.images[s.images.kind == "feature_vis"]) == 4
     assert s.manifest["parameters"]["feature_vis"]["steps"] == 8
     assert "validation.csv" in s.manifest["files"] and len(pd.read_csv(out / "validation.csv")) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_the_same_set(collection, tmp_path):
+    """The real launcher: ``torchrun --nproc_per_node=2 -m stimuli_gen.cli`` (gloo on CPU) gives the
+    same exemplars as one process."""
+    import os
+    import subprocess
+
+    args = ["--collection", str(collection), "--units-per-group", "1", "--k", "3", "--fv-per-unit", "0", *SMALL]
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([torchrun, "--nproc_per_node=2", "-m", "stimuli_gen.cli", "--out", str(tmp_path / "two"), *args],
+                   check=True, env=env, timeout=600)
+    assert cli.main(["--out", str(tmp_path / "one"), *args]) == 0
+    one, two = load_stimulus_set(tmp_path / "one"), load_stimulus_set(tmp_path / "two")
+    cols = ["unit_id", "kind", "rank", "image_index", "source"]
+    assert one.images[cols].equals(two.images[cols])
+    assert two.manifest["parameters"]["distributed"]["world_size"] == 2
+    assert (tmp_path / "one" / "skipped_files.csv").read_text() == (tmp_path / "two" / "skipped_files.csv").read_text()
