@@ -287,17 +287,33 @@ def choose_exemplars(lists: ExtremeLists, values: dict[int, torch.Tensor] | None
     return pd.DataFrame(rows)
 
 
-def write_crops(rows: pd.DataFrame, paths: list[str], pp: Preprocess, root: os.PathLike) -> None:
-    """Write each exemplar's crop (exactly the uint8 pixels the network saw) to ``root / rows.file``."""
+def write_crops(rows: pd.DataFrame, paths: list[str], pp: Preprocess, root: os.PathLike, threads: int = 8) -> None:
+    """Write each exemplar's crop (exactly the uint8 pixels the network saw) to ``root / rows.file``.
+
+    An image that is an exemplar of several units is decoded and encoded once, then copied. PNG
+    encoding runs in threads (Pillow releases the GIL) at zlib level 1: lossless, ~5x faster than
+    the default, files ~20 % larger."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
     from PIL import Image
 
-    cache: dict[int, np.ndarray] = {}
+    root = Path(root)
+    by_image: dict[int, list[Path]] = {}
     for r in rows.itertuples():
-        if r.image_index not in cache:
-            try:
-                cache[r.image_index] = load_crop(paths[r.image_index], pp)[0].permute(1, 2, 0).numpy()
-            except SkipImage as e:  # changed on disk since the pass
-                raise RuntimeError(f"{paths[r.image_index]} can no longer be read ({e})") from None
-        out = Path(root) / r.file
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(cache[r.image_index]).save(out, format="PNG")
+        by_image.setdefault(int(r.image_index), []).append(root / r.file)
+
+    def one(item: tuple[int, list[Path]]) -> None:
+        i, outs = item
+        try:
+            crop = load_crop(paths[i], pp)[0].permute(1, 2, 0).numpy()
+        except SkipImage as e:  # changed on disk since the pass
+            raise RuntimeError(f"{paths[i]} can no longer be read ({e})") from None
+        for out in outs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop).save(outs[0], format="PNG", compress_level=1)
+        for out in outs[1:]:
+            shutil.copyfile(outs[0], out)
+
+    with ThreadPoolExecutor(max(1, min(threads, os.cpu_count() or 1))) as pool:
+        list(pool.map(one, by_image.items()))
