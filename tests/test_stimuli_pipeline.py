@@ -169,3 +169,41 @@ def test_torchrun_two_processes_write_the_same_set(collection, tmp_path):
     assert one.images[cols].equals(two.images[cols])
     assert two.manifest["parameters"]["distributed"]["world_size"] == 2
     assert (tmp_path / "one" / "skipped_files.csv").read_text() == (tmp_path / "two" / "skipped_files.csv").read_text()
+
+
+def test_resume_after_a_crash_reuses_the_pass_and_saves_activations(collection, made_set, tmp_path, monkeypatch):
+    import stimuli_gen.pipeline as P
+
+    out = tmp_path / "tiny-set"
+    args = ["--out", str(out), "--collection", str(collection), "--units-per-group", "1", "--k", "3", "--spares", "1",
+            "--fv-per-unit", "0", "--seed", "4", "--save-activations", *SMALL]
+    real_choose = P.choose_exemplars
+    monkeypatch.setattr(P, "choose_exemplars", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args)
+    assert (out / ".work" / "pass_rank0.pt").is_file()
+    monkeypatch.setattr(P, "choose_exemplars", real_choose)
+    monkeypatch.setattr(P, "run_pass", _no_new_images(P.run_pass))
+    assert cli.main(args + ["--resume"]) == 0
+    cols = ["unit_id", "kind", "rank", "activation", "source"]
+    assert load_stimulus_set(out).images[cols].equals(load_stimulus_set(made_set).images[cols])
+    act = np.load(out / "activations.npy")
+    columns = pd.read_csv(out / "activations_columns.csv")
+    assert act.shape == (25, 256 + 480 + 512 * 3 + 528 + 832 * 2 + 1024) and len(columns) == act.shape[1]
+    assert np.isnan(act[24]).all() and not np.isnan(act[:24]).any()  # row 24 is the broken file
+    assert "activations.npy" in json.loads((out / "manifest.json").read_text())["files"]
+
+
+def _no_new_images(run_pass):
+    """run_pass that fails if it decodes any image (the checkpoint says the pass is complete)."""
+    import stimuli_gen.exemplars as E
+
+    def wrapped(*a, **k):
+        real = E.make_loader
+        E.make_loader = lambda *x, **y: pytest.fail("the pass ran again")
+        try:
+            return run_pass(*a, **k)
+        finally:
+            E.make_loader = real
+
+    return wrapped
