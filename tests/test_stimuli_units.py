@@ -68,3 +68,17 @@ def test_config_toml_and_overrides(tmp_path):
     (tmp_path / "bad.toml").write_text("[exemplar]\nk = 1\n")
     with pytest.raises(ValueError, match=r"unknown section \[exemplar\]"):
         GeneratorConfig.from_toml(tmp_path / "bad.toml")
+
+
+def test_example_config_is_valid_and_complete():
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "stimuli_gen" / "configs" / "example.toml"
+    cfg = GeneratorConfig.from_toml(path)
+    raw = tomllib.loads(path.read_text())
+    commented = path.read_text()
+    for section in dataclasses.fields(GeneratorConfig):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            assert f.name in raw[section.name] or f"# {f.name} =" in commented, f"{section.name}.{f.name} undocumented"
