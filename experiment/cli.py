@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulate", metavar="POLICY", help="simulated participant: random, oracle or noisy:P (correct with probability P)")
     p.add_argument("--no-dialog", action="store_true", help="never open a dialog (fail instead of asking)")
     p.add_argument("--screenshots", metavar="DIR", help="save screenshots (instructions, one trial per type, feedback, break) to DIR")
+    p.add_argument("--no-timing-check", action="store_true",
+                   help="skip PsychoPy's refresh-rate check at window opening (virtual displays such as Xvfb; "
+                        "always skipped for simulated participants)")
     p.add_argument("--check-only", action="store_true", help="check the stimulus set and the design, print the plan, do not run")
     p.add_argument("--export-conditions", metavar="CSV", help="write the trial list as a PsychoPy conditions file")
     p.add_argument("--max-trials", type=int, help=argparse.SUPPRESS)  # tests: stop after N trials of this run
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = run_session(plan, stimset, sim=sim, screenshot_dir=Path(args.screenshots) if args.screenshots else None,
                              sim_escape_after=args.sim_escape_after, max_trials=args.max_trials,
-                             sim_hang_after=args.sim_hang_after)
+                             sim_hang_after=args.sim_hang_after, check_timing=not args.no_timing_check)
     except ValueError as e:
         return _fail(str(e))
     except Exception:

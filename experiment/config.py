@@ -221,6 +221,14 @@ def _check_values(c: dict, path: Path | str) -> None:
     res = m["resolution"]
     if len(res) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 200 <= v <= 16384 for v in res):
         fail("monitor.resolution", "must be [width_px, height_px], integers >= 200")
+    from experiment.layout import check_fits, screen_size_deg, trial_layout
+
+    w_deg, h_deg = screen_size_deg(m["width_cm"], m["distance_cm"], res)
+    ns = set(d["n_images"]) | (set(p["n_images"]) if p["trials"] else set()) | ({c["catch"]["n_images"]} if c["catch"]["per_block"] else set())
+    for n in sorted(ns):
+        problem = check_fits(trial_layout(n, disp), w_deg, h_deg)
+        if problem:
+            fail("display", problem)
     for key in ("iti_s", "feedback_s", "min_break_s"):
         if not 0 <= c["timing"][key] <= 600:
             fail(f"timing.{key}", "must be in [0, 600] seconds")

@@ -55,29 +55,34 @@ class TrialLayout:
 
 
 def trial_layout(n: int, display: dict) -> TrialLayout:
-    """Positions of every image, row frame and button for a trial with n images per row."""
+    """Positions of every image, row frame and button for a trial with n images per row.
+
+    Everything drawn (title to progress line) is centred vertically on the screen.
+    """
     img, gap = float(display["image_deg"]), float(display["image_gap_deg"])
     row_gap, side_gap, pad = float(display["row_gap_deg"]), float(display["side_gap_deg"]), float(display["frame_deg"]) * 2
     text = float(display["text_deg"])
     row_w = n * img + (n - 1) * gap
     pitch = img + row_gap
     rows_top = pitch + img / 2 + pad
+    title_y = rows_top + 1.6 * text
+    confirm_y, confirm_h = -rows_top - 2.4 * text, 2.2 * text
+    progress_y = confirm_y - confirm_h / 2 - 1.3 * text
+    top, bottom = title_y + 1.5 * text, progress_y - text
+    dy = -(top + bottom) / 2  # shift that centres the extent
     rows: dict = {}
     images: dict = {}
     for side, sign in (("reference", -1), ("candidate", 1)):
         inner = sign * side_gap / 2  # the row edge next to the centre
         x_c = inner + sign * row_w / 2
-        rows[side] = [Rect(x_c, pitch * (1 - r), row_w + 2 * pad, img + 2 * pad) for r in range(3)]
+        rows[side] = [Rect(x_c, pitch * (1 - r) + dy, row_w + 2 * pad, img + 2 * pad) for r in range(3)]
         xs = [inner + sign * (img / 2 + k * (img + gap)) for k in range(n)]
         if sign < 0:
             xs = xs[::-1]  # left to right on screen
-        images[side] = [[(x, pitch * (1 - r)) for x in xs] for r in range(3)]
-    title_y = rows_top + 1.6 * text
-    confirm = Rect(0.0, -rows_top - 2.4 * text, 8 * text, 2.2 * text)
-    progress_y = confirm.y - confirm.h / 2 - 1.3 * text
+        images[side] = [[(x, pitch * (1 - r) + dy) for x in xs] for r in range(3)]
+    confirm = Rect(0.0, confirm_y + dy, 8 * text, confirm_h)
     width = 2 * (side_gap / 2 + row_w + pad)
-    height = 2 * max(title_y + 1.5 * text, -(progress_y - text))
-    return TrialLayout(n, img, rows, images, confirm, title_y, progress_y, width, height)
+    return TrialLayout(n, img, rows, images, confirm, title_y + dy, progress_y + dy, width, top - bottom)
 
 
 def check_fits(layout: TrialLayout, screen_w_deg: float, screen_h_deg: float, margin_deg: float = 0.5) -> str | None:
@@ -93,3 +98,8 @@ def screen_size_deg(width_cm: float, distance_cm: float, resolution: list[int]) 
     cm_per_deg = distance_cm * 0.017455
     cm_per_px = width_cm / resolution[0]
     return resolution[0] * cm_per_px / cm_per_deg, resolution[1] * cm_per_px / cm_per_deg
+
+
+def message_button_y(screen_h_deg: float, text_deg: float) -> float:
+    """Vertical position of the button of a text screen (instructions, breaks): near the bottom."""
+    return -screen_h_deg / 2 + 3.5 * text_deg

@@ -20,7 +20,7 @@ from pathlib import Path
 from contracts.session import PSYCHOPY_DIR, TRIALS_FILE, TrialLog, now_iso
 from contracts.stimulus_set import StimulusSet
 from experiment.design import TrialSpec, score
-from experiment.layout import check_fits, screen_size_deg, trial_layout
+from experiment.layout import message_button_y, screen_size_deg, trial_layout
 from experiment.matching import PairingState
 from experiment.simulate import SimulatedParticipant
 from experiment.storage import SessionPlan, save_info, trial_row
@@ -59,7 +59,7 @@ def _hex_to_rgb(h: str) -> list[float]:
 
 def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipant | None = None,
                 screenshot_dir: Path | None = None, sim_escape_after: int | None = None,
-                max_trials: int | None = None, sim_hang_after: int | None = None) -> str:
+                max_trials: int | None = None, sim_hang_after: int | None = None, check_timing: bool = True) -> str:
     """Run the remaining trials of ``plan``; returns the final status (completed | aborted | running).
 
     ``max_trials`` stops after that many trials in this run, leaving the session 'running' (for tests
@@ -79,12 +79,6 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
     # A simulated session runs unpaced, so PsychoPy's dropped-frame warnings are meaningless there.
     logging.console.setLevel(logging.ERROR if sim is not None else logging.WARNING)
 
-    w_deg, h_deg = screen_size_deg(mon_cfg["width_cm"], mon_cfg["distance_cm"], mon_cfg["resolution"])
-    for n in sorted({t.n_images for t in plan.trials}):
-        problem = check_fits(trial_layout(n, disp), w_deg, h_deg)
-        if problem:
-            raise ValueError(f"{design.path}: display: {problem}")
-
     run_record = {"started": now_iso(), "ended": None, "start_index": plan.start_index, "status": "running",
                   "psychopy_files": stem, "simulated": sim.policy if sim else None}
     plan.info.setdefault("runs", []).append(run_record)
@@ -95,7 +89,7 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
     mon.setSizePix(list(mon_cfg["resolution"]))
     win = visual.Window(size=list(mon_cfg["resolution"]), monitor=mon, units="deg", fullscr=mon_cfg["fullscreen"],
                         screen=mon_cfg["screen"], color=disp["background"], colorSpace="rgb", allowGUI=False,
-                        checkTiming=sim is None, waitBlanking=sim is None)
+                        checkTiming=check_timing and sim is None, waitBlanking=sim is None)
     exp = data.ExperimentHandler(name=experiment, dataFileName=str(psydir / stem), savePickle=False, saveWideText=False, autoLog=False)
     log = TrialLog(plan.folder / TRIALS_FILE)
     ui = _UI(win, mon, disp, sim, screenshot_dir, sim_escape_after)
@@ -265,6 +259,12 @@ class _UI:
             return float(times[0]), (float(pos[0]), float(pos[1]))
         return None
 
+    @staticmethod
+    def _flush_log() -> None:
+        from psychopy import logging
+
+        logging.flush()
+
     def _check_escape(self) -> None:
         self._sim_keys()
         if self.event.getKeys(keyList=["escape"]):
@@ -303,7 +303,7 @@ class _UI:
                                pos=(0, self.h_deg / 2 - 2 * self.text_h), anchorVert="top", alignText="left", autoLog=False)
         btn_rect = btn_text = None
         if button:
-            by = -self.h_deg / 2 + 3.5 * self.text_h
+            by = message_button_y(self.h_deg, self.text_h)
             btn_rect = visual.Rect(self.win, width=max(8.0, 0.7 * len(button) + 3) * self.text_h, height=2.2 * self.text_h,
                                    pos=(0, by), fillColor=[-0.4, 0.1, -0.4], lineColor="white", lineWidth=2, autoLog=False)
             btn_text = visual.TextStim(self.win, text=button, height=self.text_h, pos=(0, by), color="white", autoLog=False)
@@ -313,6 +313,8 @@ class _UI:
         self.mouse.clickReset()
         last = 0.0
         sim_clicked = False
+        first = True
+        self.win.logOnFlip(f"screen shown: {text.splitlines()[0][:60]}", level=22)  # 22 = logging.EXP
         while True:
             self._check_escape()
             ready = clock.getTime() >= min_s
@@ -327,11 +329,14 @@ class _UI:
                 self.win.flip()
                 if ready:
                     return
-                continue
+                continue  # (no button: a timed screen)
             if self.sim is not None and ready and not sim_clicked:
                 self.sim_click(btn_rect.pos[0], btn_rect.pos[1])
                 sim_clicked = True
             self.win.flip()
+            if first:
+                self._flush_log()
+                first = False
             click = self._new_click(last)
             if click:
                 last = click[0]
@@ -441,6 +446,8 @@ class _UI:
                 self.sim_click(target.x, target.y)
             win.flip()
             n_flips += 1
+            if n_flips == 1:
+                self._flush_log()  # the onset line reaches the log file now, not at exit
             click = self._new_click(last)
             if not click:
                 continue

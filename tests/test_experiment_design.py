@@ -54,6 +54,7 @@ def cfg(**over) -> dict:
         "practice": {"trials": 2},
         "catch": {"per_block": 1},
         "monitor": {"distance_cm": 57.0, "width_cm": 34.0, "resolution": [1280, 800]},
+        "display": {"image_deg": 2.2},
     }
     for key, value in over.items():
         table, k = key.split(".")
@@ -479,3 +480,9 @@ def read_session_info_status(folder: Path) -> str:
     from contracts.session import read_session_info
 
     return read_session_info(folder)["status"]
+
+
+def test_config_refuses_a_layout_that_does_not_fit_the_screen():
+    with pytest.raises(ConfigError, match=r"key 'display': a trial with n=5 needs .* reduce display.image_deg"):
+        design_from_dict(cfg(**{"display.image_deg": 3.0}), "small.toml")
+    design_from_dict(cfg(**{"design.n_images": [1, 3], "practice.n_images": [1], "catch.n_images": 1, "display.image_deg": 3.0}))

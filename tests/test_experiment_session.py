@@ -254,3 +254,87 @@ def test_tampered_stimulus_set_is_refused(fixture_set, tmp_path, capsys):
     (bad / "manifest.json").write_text("{")
     rc = main(["--stimuli", str(bad), "--participant", "P1", "--no-dialog", "--check-only"])
     assert rc == 2 and "manifest.json" in capsys.readouterr().err
+
+
+def test_person_session_driven_by_real_x11_clicks_and_keys(fixture_set, tmp_path, display_env):
+    """No simulation: xdotool sends real X11 mouse clicks and key presses, as a person's hardware would.
+
+    The driver reads the right answers from the conditions file the session writes, pairs every row
+    correctly, presses Escape then N once (the session must continue), and closes the end screen.
+    """
+    import csv
+
+    from experiment.config import load_design
+    from experiment.design import correct_assignment
+    from experiment.layout import message_button_y, screen_size_deg, trial_layout
+
+    toml = tmp_path / "person.toml"
+    toml.write_text('[design]\nname = "person"\nseed = 1\ntrial_types = ["exemplar", "feature_vis"]\nlayer_groups = ["early"]\n'
+                    'n_images = [3]\ntrials_per_cell = 1\nblocks = 1\n[display]\nimage_deg = 2.6\n[monitor]\ndistance_cm = 57.0\n'
+                    'width_cm = 34.0\nresolution = [1280, 800]\nfullscreen = false\n[timing]\niti_s = 0.2\n')
+    design = load_design(str(toml))
+    mon, disp = design["monitor"], design["display"]
+    ppd = pix_per_deg(mon)
+    w_deg, h_deg = screen_size_deg(mon["width_cm"], mon["distance_cm"], mon["resolution"])
+    data = tmp_path / "data"
+    folder = data / "person" / "sub-P9_ses-01"
+    proc = subprocess.Popen([CLI, "--stimuli", str(fixture_set), "--design", str(toml), "--participant", "P9",
+                             "--data-dir", str(data), "--no-dialog", "--no-timing-check"], env=display_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+
+    def xdo(*args: str) -> str:
+        return subprocess.run(["xdotool", *args], env=display_env, capture_output=True, text=True, timeout=20).stdout
+
+    def wait_log(fragment: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            logs = list((folder / "psychopy").glob("*.log")) if (folder / "psychopy").is_dir() else []
+            if logs and fragment in logs[0].read_text():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"never logged: {fragment}")
+
+    try:
+        wait_log("screen shown: Welcome")
+        wid = xdo("search", "--name", "PsychoPy").split()[0]
+
+        def click(x: float, y: float) -> None:
+            xdo("mousemove", "--window", wid, str(round(640 + x * ppd)), str(round(400 - y * ppd)), "click", "1")
+            time.sleep(0.1)
+
+        click(0, message_button_y(h_deg, disp["text_deg"]))
+        with open(next((folder / "psychopy").glob("*_conditions.csv"))) as f:
+            plan = list(csv.DictReader(f))
+        lay = trial_layout(3, disp)
+        for k, trial in enumerate(plan):
+            wait_log(f"trial {k} onset")
+            answer = correct_assignment(tuple(int(v) for v in trial["candidate_units"].split(";")))
+            for ref, cand in enumerate(answer):
+                click(lay.rows["candidate"][cand].x, lay.rows["candidate"][cand].y)
+                click(lay.rows["reference"][ref].x, lay.rows["reference"][ref].y)
+            if k == 0:  # Escape asks; N continues the same trial
+                xdo("windowfocus", wid)
+                xdo("key", "Escape")
+                time.sleep(0.3)
+                xdo("key", "n")
+                time.sleep(0.2)
+            click(lay.confirm.x, lay.confirm.y)
+        wait_log("screen shown: Thank you")
+        time.sleep(1.1)  # the end screen's button is active after 1 s
+        click(0, message_button_y(h_deg, disp["text_deg"]))
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    df = read_trials(folder)
+    assert len(df) == 2 and df.trial_correct.all() and set(df.trial_type) == {"exemplar", "feature_vis"}
+    for _, r in df.iterrows():
+        clicks = json.loads(r["clicks"])
+        assert [c[1] for c in clicks] == ["candidate", "reference"] * 3 + ["confirm"]
+        assert all(b[0] > a[0] for a, b in zip(clicks, clicks[1:]))  # real, increasing press times
+    info = read_session_info(folder)
+    assert info["status"] == "completed" and info["simulated"] is None
+    log = next((folder / "psychopy").glob("*.log")).read_text()
+    assert "Keypress: escape" in log and "Keypress: n" in log and "Emulated" not in log

@@ -1,0 +1,1 @@
+"""Shipped design configs (TOML); a package so that they are installed with experiment."""
