@@ -302,3 +302,64 @@ def batch_to_device(batch: Batch, paths: list[str], pp: Preprocess, device: torc
                 except SkipImage as e:
                     batch.skipped.append((i, str(e)))
     return torch.cat(crops), torch.cat(index)
+
+
+def prefetch_to_device(loader, paths: list[str], pp: Preprocess, device: torch.device, depth: int = 2):
+    """Yield ``(batch, crops, index)`` with the next batches already decoded and on the device.
+
+    A background thread runs :func:`batch_to_device` (host-to-device copy, nvjpeg decode, resize)
+    on its own CUDA stream while the main thread runs the network, so decoding overlaps with
+    inference instead of alternating with it. On the CPU it still overlaps file reading with compute.
+    Errors in the thread are re-raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+    DONE = object()
+
+    def work() -> None:
+        try:
+            with torch.cuda.stream(side) if side is not None else _nullcontext():
+                for batch in loader:
+                    if stop.is_set():
+                        return
+                    crops, index = batch_to_device(batch, paths, pp, device)
+                    event = None
+                    if side is not None:
+                        event = torch.cuda.Event()
+                        event.record(side)
+                    q.put((batch, crops, index, event))
+            q.put(DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, name="fvmatch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            batch, crops, index, event = item
+            if event is not None:
+                torch.cuda.current_stream(device).wait_event(event)
+                crops.record_stream(torch.cuda.current_stream(device))  # allocator: used on this stream too
+            yield batch, crops, index
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.05)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()

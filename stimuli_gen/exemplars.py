@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from contracts.common import sha256_json
-from stimuli_gen.collection import ImageDataset, Preprocess, SkipImage, batch_to_device, load_crop, make_loader
+from stimuli_gen.collection import ImageDataset, Preprocess, SkipImage, load_crop, make_loader, prefetch_to_device
 from stimuli_gen.models import FeatureNet, channel_statistic
 from stimuli_gen.topk import EMPTY_INDEX, ExtremeLists
 
@@ -170,8 +170,7 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
         bar = _progress(len(indices), position, progress)
         last_save = time.monotonic()
         with torch.inference_mode(), (strict_fp32() if precision == "fp32" else contextlib.nullcontext()):
-            for batch in loader:
-                crops, index = batch_to_device(batch, paths, pp, device)
+            for batch, crops, index in prefetch_to_device(loader, paths, pp, device):
                 if len(index):
                     x = crops.float().div_(255.0)
                     if opts.channels_last:

@@ -159,3 +159,19 @@ def test_unexpected_decoder_error_is_a_skip_not_a_crash(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "preprocess_pil", lambda *a: (_ for _ in ()).throw(MemoryError("boom")))
     item = C.ImageDataset([str(tmp_path / "a.jpg")], [0], PP, "pil")[0]
     assert item[1] == "skip" and "MemoryError: boom" in item[2]
+
+
+def test_prefetch_keeps_order_and_passes_errors_on(tmp_path):
+    for s in range(5):
+        photo(100, 80, seed=s).save(tmp_path / f"{s}.jpg")
+    paths, _ = C.list_collection(tmp_path)
+    loader = C.make_loader(C.ImageDataset(paths, list(range(5)), PP, "pil"), 2, 0, torch.device("cpu"))
+    got = [idx.tolist() for _, _, idx in C.prefetch_to_device(loader, paths, PP, torch.device("cpu"))]
+    assert got == [[0, 1], [2, 3], [4]]
+
+    def failing():
+        yield next(iter(loader))
+        raise ValueError("loader broke")
+
+    with pytest.raises(ValueError, match="loader broke"):
+        list(C.prefetch_to_device(failing(), paths, PP, torch.device("cpu")))
