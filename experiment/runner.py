@@ -90,6 +90,15 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
     win = visual.Window(size=list(mon_cfg["resolution"]), monitor=mon, units="deg", fullscr=mon_cfg["fullscreen"],
                         screen=mon_cfg["screen"], color=disp["background"], colorSpace="rgb", allowGUI=False,
                         checkTiming=check_timing and sim is None, waitBlanking=sim is None)
+    if [int(v) for v in win.size] != [int(v) for v in mon_cfg["resolution"]]:
+        # Sizes in degrees are computed from monitor.resolution: a different real size would distort them.
+        size = [int(v) for v in win.size]
+        win.close()
+        raise ValueError(f"{design.path}: monitor.resolution is {mon_cfg['resolution']} but the window opened at "
+                         f"{size} px (fullscreen uses the screen's own resolution): set monitor.resolution to it")
+    run_record["window_px"] = [int(v) for v in win.size]
+    run_record["frame_period_ms"] = round(1000 * win.monitorFramePeriod, 3) if win.monitorFramePeriod else None
+    run_record["refresh_measured"] = bool(check_timing and sim is None)
     exp = data.ExperimentHandler(name=experiment, dataFileName=str(psydir / stem), savePickle=False, saveWideText=False, autoLog=False)
     log = TrialLog(plan.folder / TRIALS_FILE)
     ui = _UI(win, mon, disp, sim, screenshot_dir, sim_escape_after)
