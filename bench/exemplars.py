@@ -34,7 +34,7 @@ from PIL import Image  # noqa: E402
 
 from stimuli_gen.builtin_collection import PHOTOS, load_photo  # noqa: E402
 from stimuli_gen.collection import DECODERS, ImageDataset, Preprocess, batch_to_device, list_collection, make_loader  # noqa: E402
-from stimuli_gen.exemplars import PassOptions, autocast_for, run_pass  # noqa: E402
+from stimuli_gen.exemplars import PassOptions, autocast_for, choose_exemplars, rescore, run_pass  # noqa: E402
 from stimuli_gen.models import load_model  # noqa: E402
 
 
@@ -88,6 +88,32 @@ def bench_network(net, n, batch_size, pp, device, precision, channels_last) -> f
     return done / (time.perf_counter() - t)
 
 
+def check_precision(net, paths, all_units, pp, opts, device, n_units: int, k: int = 10) -> None:
+    """How often bf16 changes the top-k, and whether fp32 re-scoring of k + margin candidates recovers it."""
+    units = all_units.sample(n=min(n_units, len(all_units)), random_state=0).reset_index(drop=True)
+    units["unit_id"] = [f"{l}_{c}" for l, c in zip(units.layer, units.channel)]
+    idx = list(range(len(paths)))
+    keep = min(2 * k, len(paths))
+    o32 = PassOptions(**{**vars(opts), "precision": "fp32", "keep": keep, "decoder": "pil"})
+    o16 = PassOptions(**{**vars(opts), "precision": "bf16", "keep": keep})
+    ref = run_pass(net, paths, idx, units, pp, o32, device, progress=False)
+    bf = run_pass(net, paths, idx, units, pp, o16, device, progress=False)
+    r32, r16 = ref.lists.result(), bf.lists.result()
+    same_order = same_set = 0
+    for side in ("max", "min"):
+        a, b = r32[side][1][:, :k], r16[side][1][:, :k]
+        same_order += int((a == b).all(1).sum())
+        same_set += sum(set(x.tolist()) == set(y.tolist()) for x, y in zip(a, b))
+    cand = sorted({int(i) for side in r16.values() for i in side[1].flatten()})
+    values, _ = rescore(net.to(memory_format=torch.contiguous_format), paths, cand, units, pp, opts.statistic, opts.relu, device)
+    got = choose_exemplars(bf.lists, values, {}, units, k)
+    want = choose_exemplars(ref.lists, None, {}, units, k)
+    n = 2 * len(units)
+    print(f"precision check ({len(units)} units x max/min, k={k}, {len(paths)} images): bf16 pass alone: "
+          f"same top-k order {same_order}/{n}, same top-k set {same_set}/{n}; bf16 + fp32 re-scoring of {keep} "
+          f"candidates: exemplars identical to the fp32 pass: {got.image_index.tolist() == want.image_index.tolist()}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="64 images, small batches (CPU-friendly)")
@@ -97,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16")
     ap.add_argument("--dir", help="where to build the collection (default: a temporary folder)")
+    ap.add_argument("--check-precision", type=int, default=0, metavar="U",
+                    help="also compare, for U units, bf16 pass + fp32 re-scoring against a pure fp32 pass")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.batch_size = 64, 16
@@ -129,6 +157,8 @@ def main(argv=None) -> int:
         opts.decoder = fastest
         res = run_pass(model.net, paths, list(range(len(paths))), units, pp, opts, device, progress=False)
         rows.append((f"full pass, {len(units)} units in 9 layers [{fastest}, {precision}]", res.n_seen / res.seconds))
+        if args.check_precision:
+            check_precision(model.net, paths, units, pp, opts, device, args.check_precision)
     width = max(len(r[0]) for r in rows)
     print()
     for label, ips in rows:
