@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of the bootstrap and of the model fits (default 1)")
     p.add_argument("--fe-prior-sd", type=float, default=2.0, help="prior SD of fixed effects, logit scale (default 2)")
     p.add_argument("--no-models", action="store_true", help="accuracy tables and figures only")
+    p.add_argument("--no-figures", action="store_true", help="tables and report without figures (faster)")
     p.add_argument("--allow-mixed-sets", action="store_true", help="analyse sessions of different stimulus sets together")
     p.add_argument("--allow-mixed-designs", action="store_true", help="analyse sessions of different designs together")
     p.add_argument("--simulate", type=int, metavar="N", default=0,
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = AnalysisOptions(min_catch_accuracy=args.min_catch_accuracy, incomplete=args.incomplete, n_boot=args.n_boot,
                            seed=args.seed, n_as=args.n_as, fe_prior_sd=args.fe_prior_sd,
                            allow_mixed_sets=args.allow_mixed_sets, allow_mixed_designs=args.allow_mixed_designs,
-                           fit_models=not args.no_models)
+                           fit_models=not args.no_models, figures=not args.no_figures)
     try:
         res = run_analysis(inputs, args.out, opts)
     except (ContractError, InputError, ValueError) as e:

@@ -36,10 +36,16 @@ from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 
 from analysis.accuracy import rows_long
 
+try:  # optional (present with PsychoPy's dependencies); without it BLAS keeps its default threads
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
 TYPE_LEVELS = ("exemplar", "feature_vis")
 LAYER_LEVELS = ("early", "middle", "late")
 N_AS = ("factor", "numeric")
-STATUS_OK, STATUS_WARN, STATUS_NA = "ok", "warning", "not_estimable"
+# separation: fitted, but some estimates are set by the prior because a cell is all right or all wrong
+STATUS_OK, STATUS_WARN, STATUS_SEP, STATUS_NA = "ok", "warning", "separation", "not_estimable"
 Z95 = stats.norm.ppf(0.975)
 
 
@@ -49,10 +55,17 @@ class ModelOptions:
     fe_prior_sd: float = 2.0  # statsmodels default; the prior matters only when the data say little
     vcp_prior_sd: float = 1.0  # prior SD of log random-effect SDs
     seed: int = 0  # fit_vb's random start of the variational SDs
+    estimator: str = "vb"  # vb: posterior means (primary); map: posterior mode (shrinks variance components)
+    # VB start: zero (statsmodels' default) or the posterior mode. The mode is slow to find when a variance
+    # component shrinks towards zero (bench/analysis.py: 1400 BFGS iterations), so zero is the default.
+    vb_start: str = "zero"
 
     def __post_init__(self):
         if self.n_as not in N_AS:
             raise ValueError(f"n_as must be one of {N_AS}, not {self.n_as!r}")
+        if self.estimator not in ("vb", "map") or self.vb_start not in ("map", "zero"):
+            raise ValueError(f"estimator must be vb or map and vb_start map or zero, not {self.estimator!r}, "
+                             f"{self.vb_start!r}")
 
 
 @dataclass
@@ -74,6 +87,7 @@ class ModelFit:
     n_units: int = 0
     seconds: float = 0.0
     se_method: str = ""
+    iterations: int = 0
 
     def summary_row(self) -> dict:
         sd = dict(zip(self.random.component, self.random.sd)) if len(self.random) else {}
@@ -303,6 +317,22 @@ def _robust_cov(model, params, A, lik, clusters: np.ndarray, keep: np.ndarray) -
     return _embed(Binv @ meat @ Binv, keep, A.shape[0])
 
 
+def _one_blas_thread(fn):
+    """Run a fit with one BLAS thread. The fits are many small dense products (BFGS updates over a few hundred
+    parameters): BLAS threads only add overhead there, and on shared cores they made fit_vb ten times slower
+    in our measurements (0.8 s vs 9 s for the same fit)."""
+    import contextlib
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        with threadpool_limits(1, user_api="blas") if threadpool_limits else contextlib.nullcontext():
+            return fn(*a, **k)
+
+    return wrapper
+
+
+@_one_blas_thread
 def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, re_blocks: dict[str, tuple],
                    opts: ModelOptions, clusters: np.ndarray | None = None, n_units: int = 0) -> ModelFit:
     """Fit ``BinomialBayesMixedGLM`` by VB; Laplace (Hessian) covariance; optional trial-clustered sandwich.
@@ -310,7 +340,9 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
     ``re_blocks``: name -> (sparse design block, level names), one variance component each.
     """
     method = ("statsmodels BinomialBayesMixedGLM.fit_vb (logit); posterior means; SE from the inverse Hessian "
-              "of the log posterior (Laplace)")
+              "of the log posterior (Laplace)") if opts.estimator == "vb" else (
+              "statsmodels BinomialBayesMixedGLM.fit_map (logit); posterior mode (shrinks variance components); SE "
+              "from the inverse Hessian of the log posterior")
     se_method = "Hessian of log posterior (Laplace)"
     if clusters is not None:
         se_method += ", sandwich clustered by trial (rows of a trial are dependent)"
@@ -343,19 +375,19 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
                                   vc_names=vc_names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # Start VB at the posterior mode: faster and less prone to poor local optima than a zero start.
-        start = model.fit_map(rng=opts.seed).params
-        res = model.fit_vb(mean=start, rng=opts.seed, minim_opts={"maxiter": 2000})
+        if opts.estimator == "map":
+            res = model.fit_map(rng=opts.seed)
+        else:
+            start = model.fit_map(rng=opts.seed).params if opts.vb_start == "map" else None
+            res = model.fit_vb(mean=start, rng=opts.seed, minim_opts={"maxiter": 2000})
     r = res.optim_retvals
+    fit.iterations = int(getattr(r, "nit", 0) or 0)
     if not r.success:
         gnorm = float(np.max(np.abs(r.jac))) if getattr(r, "jac", None) is not None else np.nan
         if not (gnorm < 1e-3):
             fit.warnings.append(f"fit_vb did not converge ({r.message}; max |gradient| {gnorm:.2g})")
-    for w in caught:
-        msg = str(w.message)
-        if "did not converge" in msg and not any("did not converge" in x for x in fit.warnings):
-            continue  # judged above by the gradient at the end
-        fit.warnings.append(f"{w.category.__name__}: {msg}")
+    fit.warnings += _dedupe([f"{w.category.__name__}: {w.message}" for w in caught
+                             if "did not converge" not in str(w.message)])  # judged above by the final gradient
     params = res.params
     A, lik = neg_hessian(model, params)
     kf, kp = model.k_fep, model.k_vcp
@@ -388,10 +420,24 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
     fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, Vb, "logit",
                                                    "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""))
     fit.seconds = time.perf_counter() - t0
-    fit.status = STATUS_WARN if fit.warnings else STATUS_OK
+    fit.status = _status(fit)
     return fit
 
 
+def _dedupe(msgs: list[str]) -> list[str]:
+    counts: dict[str, int] = {}
+    for m in msgs:
+        counts[m] = counts.get(m, 0) + 1
+    return [m if k == 1 else f"{m} (x{k})" for m, k in counts.items()]
+
+
+def _status(fit: ModelFit) -> str:
+    if any(w.startswith("complete separation") for w in fit.warnings):
+        return STATUS_SEP
+    return STATUS_WARN if fit.warnings else STATUS_OK
+
+
+@_one_blas_thread
 def fit_trial_glmm(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
     """Primary model: whole-trial correctness, participant + multiple-membership unit intercepts."""
     frame = model_frame(trials, opts.n_as)
@@ -406,6 +452,7 @@ def fit_trial_glmm(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
     return fit_bayes_glmm("glmm_trial", "trial", frame, y, blocks, opts, n_units=len(ulevels))
 
 
+@_one_blas_thread
 def fit_row_glmm(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
     """Per-row correctness, crossed participant and unit intercepts, trial-clustered sandwich SEs."""
     rows = rows_long(trials)
@@ -426,6 +473,7 @@ def fit_row_glmm(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
                           n_units=len(ulevels))
 
 
+@_one_blas_thread
 def fit_mixedlm_cells(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
     """Cross-check: MixedLM (REML) of per-participant cell accuracy (rows), participant random intercept."""
     from statsmodels.regression.mixed_linear_model import MixedLM
@@ -445,6 +493,10 @@ def fit_mixedlm_cells(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
         return fit
     frame = model_frame(cells, opts.n_as)
     y = cells.accuracy.to_numpy()
+    if np.ptp(y) == 0:
+        fit.status = STATUS_NA
+        fit.warnings.append(f"not estimable: every cell has accuracy {y[0]:.3g}")
+        return fit
     rhs, X, notes = choose_design(frame, y)
     fit.warnings += notes
     if len(cells) - X.shape[1] < fit.n_participants:
@@ -461,7 +513,7 @@ def fit_mixedlm_cells(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
             fit.status = STATUS_NA
             fit.warnings.append(f"not estimable: MixedLM failed ({e})")
             return fit
-    fit.warnings += [f"{w.category.__name__}: {w.message}" for w in caught]
+    fit.warnings += _dedupe([f"{w.category.__name__}: {w.message}" for w in caught])
     if not res.converged:
         fit.warnings.append("MixedLM did not converge")
     kf = X.shape[1]
@@ -476,7 +528,7 @@ def fit_mixedlm_cells(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
     fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, V, "probability",
                                                    "Wald chi-square on the MixedLM covariance")
     fit.seconds = time.perf_counter() - t0
-    fit.status = STATUS_WARN if fit.warnings else STATUS_OK
+    fit.status = _status(fit)
     return fit
 
 
@@ -488,7 +540,7 @@ def fit_all(trials: pd.DataFrame, opts: ModelOptions) -> list[ModelFit]:
         try:
             fits.append(fn(trials, opts))
         except Exception as e:  # a model that cannot be fitted must not sink the accuracy report
-            name = {"fit_trial_glmm": "glmm_trial", "fit_row_glmm": "glmm_row"}.get(fn.__name__, "mixedlm_cells")
+            name = {"fit_trial_glmm": "glmm_trial", "fit_row_glmm": "glmm_row"}.get(fn.__name__, "mixedlm_cells")  # noqa
             fits.append(ModelFit(name=name, outcome="?", method=fn.__doc__.split("\n")[0], status=STATUS_NA,
                                  warnings=[f"not estimable: {type(e).__name__}: {e}"]))
     return fits

@@ -34,6 +34,7 @@ class AnalysisOptions:
     allow_mixed_sets: bool = False
     allow_mixed_designs: bool = False
     fit_models: bool = True
+    figures: bool = True
 
 
 @dataclass
@@ -62,6 +63,10 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
     warns = list(loaded.warnings)
     written: list[Path] = []
 
+    n_part = trials.participant.nunique()
+    if 0 < n_part < 10:
+        warns.append(f"only {n_part} participant(s): bootstrap CIs over participants are unreliable (too narrow) "
+                     "with fewer than about 10" + ("; with 1 participant there are none" if n_part == 1 else ""))
     part = participant_accuracy(trials)
     cond = condition_accuracy(part, n_boot=opts.n_boot, seed=opts.seed)
     part_tl = marginal_participant_accuracy(part, ("trial_type", "layer_group"))
@@ -95,9 +100,12 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
     figs = out / "figures"
     fig_paths: dict[str, Path] = {}
     title = _figure_title(loaded)
-    for stem, fig in (("accuracy", plots.accuracy_figure(part, cond, title)),
-                      ("model_means", plots.model_means_figure({f.name: f.contrasts for f in fits if f.scale == "logit"}, "")),
-                      ("rt", plots.rt_figure(trials))):
+    makers = (("accuracy_summary", lambda: plots.accuracy_summary_figure(part_tl, cond_tl, title)),
+              ("accuracy", lambda: plots.accuracy_figure(part, cond, title)),
+              ("model_means", lambda: plots.model_means_figure({f.name: f.contrasts for f in fits if f.scale == "logit"})),
+              ("rt", lambda: plots.rt_figure(trials)))
+    for stem, make in makers if opts.figures else ():
+        fig = make()
         if fig is not None:
             paths = plots.save(fig, figs, stem)
             written += paths
@@ -195,6 +203,11 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
     else:
         B.append(Block("p", "No models were fitted."))
     B.append(Block("h2", "Accuracy by condition"))
+    if "accuracy_summary" in figs:
+        B.append(Block("figure", figs["accuracy_summary"].as_posix(),
+                       "Accuracy by trial type and layer group, averaged over n, per matched row (chance 1/3) and per "
+                       "whole trial (chance 1/6). Large markers: mean of participants with 95% percentile bootstrap CI "
+                       "(participants resampled); small dots: individual participants."))
     if "accuracy" in figs:
         B.append(Block("figure", figs["accuracy"].as_posix(),
                        "Accuracy per matched row (top, chance 1/3) and per whole trial (bottom, chance 1/6). Large "

@@ -91,6 +91,45 @@ def accuracy_figure(part: pd.DataFrame, cond: pd.DataFrame, title: str = "") -> 
     return fig
 
 
+def accuracy_summary_figure(part: pd.DataFrame, cond: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Accuracy per trial type x layer group, averaged over n: one panel per level (row, trial).
+    Readable also when each participant has few trials per condition."""
+    _theme()
+    colors = {"exemplar": sns.color_palette("deep")[0], "feature_vis": sns.color_palette("deep")[3]}
+    levels = [lv for lv in ("row", "trial") if lv in set(cond.level)] or ["row", "trial"]
+    layers = [g for g in LAYERS if g in set(cond.layer_group)] or list(LAYERS)
+    types = [t for t in ("exemplar", "feature_vis") if t in set(cond.trial_type)]
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.7 * len(levels) + 1.6, 3.3), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, level in zip(axes[0], levels):
+        for k, t in enumerate(types):
+            off = (k - (len(types) - 1) / 2) * 0.22
+            p = part[(part.level == level) & (part.trial_type == t)]
+            x = p.layer_group.map({g: i for i, g in enumerate(layers)}).to_numpy(dtype=float) + off
+            ax.scatter(x + rng.uniform(-0.04, 0.04, len(x)), p.accuracy, s=10, color=colors[t], alpha=0.35,
+                       linewidths=0, zorder=2)
+            m = cond[(cond.level == level) & (cond.trial_type == t)].set_index("layer_group").reindex(layers)
+            yerr = np.vstack([m.accuracy - m.ci_low, m.ci_high - m.accuracy])
+            ax.errorbar(np.arange(len(layers)) + off, m.accuracy, yerr=np.where(np.isfinite(yerr), yerr, 0),
+                        fmt="o-", color=colors[t], ms=7, lw=1.6, capsize=3, mec="white", mew=0.7, zorder=3,
+                        label=TYPE_LABEL.get(t, t))
+        ax.axhline(CHANCE[level], ls="--", color="0.35", lw=1, zorder=1)
+        ax.text(-0.47, CHANCE[level] - 0.015, CHANCE_LABEL[level], ha="left", va="top", fontsize=8.5, color="0.3")
+        ax.set_xticks(range(len(layers)), [g.capitalize() for g in layers])
+        ax.set_xlim(-0.5, len(layers) - 0.5)
+        ax.set_ylim(0, 1.04)
+        ax.set_xlabel("Layer group")
+        ax.set_ylabel(LEVEL_LABEL[level])
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.55), frameon=False, title="Trial type")
+    fig.text(1.0, 0.1, "points: participants\nbars: 95% bootstrap CI\nover participants\n(averaged over n)",
+             fontsize=8, color="0.3", ha="left", va="bottom", transform=fig.transFigure)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 def model_means_figure(contrasts: dict[str, pd.DataFrame], title: str = "") -> plt.Figure | None:
     """Model-based P(correct) per trial type x layer group (random effects at zero), one panel per GLMM."""
     panels = [(name, c) for name, c in contrasts.items() if len(c) and "prob" in c]

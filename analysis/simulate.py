@@ -194,3 +194,21 @@ def write_sessions(sessions_root: Path | str, spec: SimulationSpec, seed: int) -
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def true_fixed_effects(spec: SimulationSpec, n_as: str = "numeric", rhs: str = "type * layer * n") -> dict[str, float]:
+    """The simulator's fixed effects expressed in the model's parameterisation (term -> value, logit of
+    whole-trial correctness), by solving the design on the grid of conditions exactly."""
+    import patsy
+
+    from analysis.glmm import model_frame
+
+    cells = pd.DataFrame([(t, g, n) for t in TRIAL_TYPES for g in LAYER_GROUPS for n in spec.n_levels],
+                         columns=["trial_type", "layer_group", "n_images"])
+    frame = model_frame(cells.assign(participant="x"), n_as)
+    X = patsy.dmatrix(rhs, frame, return_type="dataframe")
+    eta = np.array([spec.eta_fixed(t, g, n) for t, g, n in cells.itertuples(index=False)])
+    beta, *_ = np.linalg.lstsq(X.to_numpy(), eta, rcond=None)
+    if not np.allclose(X.to_numpy() @ beta, eta):
+        raise ValueError(f"the simulator's effects are not representable by {rhs!r} with n as {n_as}")
+    return {k: float(v) for k, v in zip(X.columns, np.round(beta, 12))}

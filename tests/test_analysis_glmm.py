@@ -1,0 +1,105 @@
+"""The model machinery: Hessian, sandwich, Wald tests, degenerate designs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import glmm
+from analysis.accuracy import rows_long
+from analysis.glmm import ModelOptions, fit_bayes_glmm, fit_mixedlm_cells, fit_row_glmm, fit_trial_glmm, wald
+from analysis.simulate import SimulationSpec, simulate_trials
+
+
+@pytest.fixture(scope="module")
+def main_trials():
+    trials, _ = simulate_trials(SimulationSpec(n_participants=16, reps_per_cell=4), seed=9)
+    return trials[~trials.is_practice & ~trials.is_catch].reset_index(drop=True)
+
+
+def test_analytic_hessian_matches_numerical_gradient(main_trials, monkeypatch):
+    seen = {}
+    orig = glmm.neg_hessian
+
+    def spy(model, params):
+        A, lik = orig(model, params)
+        g = model.logposterior_grad
+        num = np.empty_like(A)
+        for j in range(len(params)):
+            h = 1e-5 * max(1.0, abs(params[j]))
+            up, dn = params.copy(), params.copy()
+            up[j] += h
+            dn[j] -= h
+            num[:, j] = -(g(up) - g(dn)) / (2 * h)
+        seen["err"] = np.abs(A - (num + num.T) / 2).max() / np.abs(A).max()
+        return A, lik
+
+    monkeypatch.setattr(glmm, "neg_hessian", spy)
+    fit_trial_glmm(main_trials, ModelOptions(n_as="numeric"))
+    assert seen["err"] < 1e-6
+
+
+def test_sandwich_inflates_only_when_rows_are_dependent(main_trials):
+    """Permutation data: rows of a trial are positively dependent, so clustered SEs exceed model SEs. With
+    independent rows (same marginal accuracy), the sandwich reduces to the model covariance."""
+    fit = fit_row_glmm(main_trials, ModelOptions(n_as="numeric"))
+    fx = fit.fixed.set_index("term")
+    ratio = fx.se / fx.se_model
+    assert ratio["type[T.feature_vis]"] > 1.15 and ratio.median() > 1.1, ratio
+
+    rows = rows_long(main_trials)
+    rng = np.random.default_rng(0)
+    y = (rng.random(len(rows)) < rows.correct.mean()).astype(int)  # independent Bernoulli rows
+    frame = glmm.model_frame(rows, "numeric")
+    p, pl = pd.factorize(rows.participant, sort=True)
+    blocks = {"participant": (glmm._indicator(p, len(pl)), list(pl))}
+    ind = fit_bayes_glmm("ind", "row", frame, y, blocks, ModelOptions(), clusters=rows.trial_uid.to_numpy())
+    r = (ind.fixed.se / ind.fixed.se_model)
+    assert 0.85 < r.median() < 1.15, r
+
+
+def test_wald_test_known_values():
+    b = np.array([1.0, 2.0])
+    V = np.diag([0.25, 1.0])
+    chi2, df, p = wald(np.eye(2), b, V)
+    assert chi2 == pytest.approx(1 / 0.25 + 4 / 1.0) and df == 2
+    chi2, df, _ = wald(np.array([[1.0, 0.0], [2.0, 0.0]]), b, V)  # redundant rows: rank 1
+    assert df == 1 and chi2 == pytest.approx(4.0)
+    assert np.isnan(wald(np.eye(2), b, np.full((2, 2), np.nan))[0])
+
+
+def test_empty_cells_fall_back_to_an_estimable_design(main_trials):
+    sparse = main_trials[~((main_trials.trial_type == "feature_vis") & (main_trials.layer_group == "late")
+                           & (main_trials.n_images == 5))]
+    fit = fit_trial_glmm(sparse, ModelOptions(n_as="factor"))
+    assert "three-way interaction dropped" in " ".join(fit.warnings)
+    assert fit.formula.startswith("trial_correct ~ (type + layer + n) ** 2")
+    one_layer = main_trials[main_trials.layer_group == "early"]
+    fit = fit_trial_glmm(one_layer, ModelOptions())
+    assert "'layer' has a single level" in " ".join(fit.warnings)
+    tests = fit.tests.set_index("test")
+    assert tests.loc["layer group (main effect)", "df"] == 0
+    assert tests.loc["layer group (main effect)", "method"].startswith("not testable")
+
+
+def test_separation_and_constant_outcomes_are_reported(main_trials):
+    d = main_trials.copy()
+    cell = (d.trial_type == "exemplar") & (d.layer_group == "early")
+    for c in ("correct_0", "correct_1", "correct_2", "trial_correct"):
+        d.loc[cell, c] = True
+    d.loc[cell, "n_correct"] = 3
+    fit = fit_trial_glmm(d, ModelOptions())
+    assert fit.status == "separation"
+    assert any(w.startswith("complete separation in 3 of 18 cells: exemplar/early/1 (all correct") for w in fit.warnings)
+    allright = main_trials.assign(trial_correct=True, n_correct=3, correct_0=True, correct_1=True, correct_2=True)
+    for fn in (fit_trial_glmm, fit_row_glmm, fit_mixedlm_cells):
+        f = fn(allright, ModelOptions())
+        assert f.status == "not_estimable" and f.fixed.empty, f.warnings
+    solo = fit_trial_glmm(main_trials[main_trials.participant == "S01"], ModelOptions())
+    assert "only one participant: no participant random effect in the model" in solo.warnings
+    assert "(1|participant)" not in solo.formula
+
+
+def test_mixedlm_cross_check_agrees_in_direction(main_trials):
+    t = fit_trial_glmm(main_trials, ModelOptions()).fixed.set_index("term").estimate
+    m = fit_mixedlm_cells(main_trials, ModelOptions()).fixed.set_index("term").estimate
+    assert np.sign(t["type[T.feature_vis]"]) == np.sign(m["type[T.feature_vis]"]) == -1

@@ -1,0 +1,88 @@
+"""End to end through the CLI: simulated sessions on disk -> results in the contract layout -> report."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from analysis.cli import main
+from analysis.simulate import SimulationSpec, write_sessions
+from contracts.results import load_results
+
+
+@pytest.fixture(scope="module")
+def demo_results(tmp_path_factory):
+    """Demo-sized: 4 simulated participants, one trial per cell; one of them inattentive."""
+    base = tmp_path_factory.mktemp("demo")
+    spec = SimulationSpec(n_participants=4, reps_per_cell=1, n_practice=2, n_catch=4, n_inattentive=1,
+                          experiment="demo")
+    write_sessions(base / "sessions", spec, seed=6)
+    out = base / "results"
+    rc = main([str(base / "sessions" / "demo"), "--out", str(out), "--n-boot", "300", "--seed", "3"])
+    assert rc == 0
+    return base, out
+
+
+def test_results_follow_the_contract(demo_results):
+    base, out = demo_results
+    info, tables = load_results(out)
+    cond, part, fx = tables["accuracy_by_condition.csv"], tables["accuracy_by_participant.csv"], tables["fixed_effects.csv"]
+    assert set(cond.level) == {"row", "trial"} and len(cond) == 36
+    assert dict(cond.groupby("level").chance.first().round(4)) == {"row": 0.3333, "trial": 0.1667}
+    assert set(part.participant) == {"S01", "S02", "S03"}  # S04 answered at random, also on catch trials
+    assert set(fx.model) == {"glmm_trial", "glmm_row", "mixedlm_cells"}
+    assert {"status", "scale", "se_method"} <= set(fx.columns)
+    for rel in info["outputs"]:
+        assert (out / rel).is_file()
+    for stem in ("accuracy_summary", "accuracy", "rt", "model_means"):
+        assert f"figures/{stem}.png" in info["outputs"] and f"figures/{stem}.svg" in info["outputs"]
+
+
+def test_provenance_and_exclusions_recorded(demo_results):
+    base, out = demo_results
+    info = json.loads((out / "results.json").read_text())
+    assert len(info["inputs"]["sessions"]) == 4
+    assert info["inputs"]["stimulus_sets"][0]["manifest_sha256"] == "0" * 64
+    assert info["inputs"]["simulated_sessions"] == 4 and info["inputs"]["random_weight_sets"] == ["sim-random-weights"]
+    assert [e["participant"] for e in info["exclusions"]["excluded_participants"]] == ["S04"]
+    assert info["options"]["seed"] == 3 and info["options"]["n_boot"] == 300
+    assert info["software"]["statsmodels"] != "not installed" and "seaborn" in info["software"]
+    assert any("only 3 participants" in w for w in info["warnings"])  # small data: surfaced, not swallowed
+
+
+def test_report_states_simulation_and_is_self_contained(demo_results):
+    base, out = demo_results
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for text in (md, html):
+        assert "SIMULATED PARTICIPANTS" in text and "RANDOM-WEIGHT" in text
+        assert "S04 (catch-trial accuracy" in text
+        assert "layer group (main effect)" in text and "trial type x layer group (interaction)" in text
+    assert md.index("SIMULATED PARTICIPANTS") < md.index("## Accuracy by condition")
+    assert html.count("src='data:image/png;base64,") == 4 and "src='figures/" not in html
+    assert "![" in md and "(figures/accuracy.png)" in md
+
+
+def test_same_inputs_same_numbers(demo_results, tmp_path):
+    base, out = demo_results
+    assert main([str(base / "sessions" / "demo"), "--out", str(tmp_path), "--n-boot", "300", "--seed", "3",
+                 "--no-models", "--no-figures"]) == 0
+    a = pd.read_csv(out / "accuracy_by_condition.csv")
+    b = pd.read_csv(tmp_path / "accuracy_by_condition.csv")
+    pd.testing.assert_frame_equal(a, b)
+    _, tables = load_results(tmp_path)
+    assert tables["fixed_effects.csv"].empty
+
+
+def test_unestimable_models_are_reported_not_fatal(tmp_path, capsys):
+    spec = SimulationSpec(n_participants=2, reps_per_cell=1, n_catch=0, intercept=15.0, b_feature_vis=0, b_middle=0,
+                          b_late=0, b_fv_middle=0, b_fv_late=0, b_n=0, sd_participant=0, sd_unit=0, experiment="oracle")
+    write_sessions(tmp_path / "s", spec, seed=1)
+    assert main([str(tmp_path / "s" / "oracle"), "--out", str(tmp_path / "r"), "--n-boot", "100"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: glmm_trial: not estimable" in err
+    _, tables = load_results(tmp_path / "r")
+    fx = tables["fixed_effects.csv"]
+    assert (fx.status == "not_estimable").all() and (fx.term == "(not estimable)").all() and fx.estimate.isna().all()
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "glmm_trial — not_estimable" in md and "(model not estimable)" in md
