@@ -185,3 +185,17 @@ def test_too_few_usable_exemplars_is_a_clear_error(one_process, setup):
     _, units = setup
     with pytest.raises(RuntimeError, match="only 6 usable natural_max exemplars"):
         choose_exemplars(one_process.lists, None, {}, units, 7)
+
+
+def test_torchvision_decoder_pass_with_rescoring_picks_the_pil_exemplars(model, setup, one_process):
+    """The decoder used on GPUs (torchvision.io; here on the CPU) preselects candidates; the fp32
+    re-scoring on the PIL crops then gives the exemplars of the all-PIL fp32 pass."""
+    paths, units = setup
+    tv = run_pass(model.net, paths, list(range(len(paths))), units, PP, opts(decoder="torchvision"),
+                  torch.device("cpu"), progress=False)
+    assert tv.n_seen == N_IMAGES and not tv.skipped
+    cand = sorted({int(i) for side in tv.lists.result().values() for i in side[1].flatten()})
+    values, hashes = rescore(model.net, paths, cand, units, PP, "mean", "pre", torch.device("cpu"))
+    got = choose_exemplars(tv.lists, values, hashes, units, 3)
+    want = choose_exemplars(one_process.lists, None, {}, units, 3)
+    assert got.image_index.tolist() == want.image_index.tolist()
