@@ -104,7 +104,7 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
     ui = _UI(win, mon, disp, sim, screenshot_dir, sim_escape_after)
     ui.sim_hang_after = sim_hang_after
     status = "running"
-    totals = {"frames": 0, "frames_dropped": 0, "intervals_ms_sum": 0.0}
+    totals = {"trials": 0, "frames": 0, "frames_dropped": 0, "intervals": 0, "intervals_ms_sum": 0.0}  # this run
     try:
         status = _run_trials(plan, stimset, ui, log, exp, psydir / f"{stem}.csv", totals, max_trials)
     except SessionAborted:
@@ -117,8 +117,7 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
         plan.info["frame_stats"] = _merge_frame_stats(plan.info.get("frame_stats") or {}, totals)
         plan.info["status"] = status
         plan.info["ended"] = now_iso() if status != "running" else None
-        run_record.update(ended=now_iso(), status=status, end_index=plan.start_index + plan.info.get("_run_done", 0))
-        plan.info.pop("_run_done", None)
+        run_record.update(ended=now_iso(), status=status, end_index=plan.start_index + totals["trials"])
         save_info(plan)
         if status == "completed" or status == "aborted":
             try:
@@ -133,11 +132,13 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
 
 
 def _merge_frame_stats(old: dict, totals: dict) -> dict:
+    """Session-wide frame statistics over all runs (trials only, not instruction or break screens)."""
     frames = old.get("frames", 0) + totals["frames"]
     dropped = old.get("frames_dropped", 0) + totals["frames_dropped"]
+    n_int = old.get("frame_intervals", 0) + totals["intervals"]
     sum_ms = old.get("frame_interval_sum_ms", 0.0) + totals["intervals_ms_sum"]
-    return {"frames": frames, "frames_dropped": dropped, "frame_interval_sum_ms": round(sum_ms, 3),
-            "frame_interval_mean_ms": round(sum_ms / frames, 3) if frames else None}
+    return {"frames": frames, "frames_dropped": dropped, "frame_intervals": n_int, "frame_interval_sum_ms": round(sum_ms, 3),
+            "frame_interval_mean_ms": round(sum_ms / n_int, 3) if n_int else None}
 
 
 def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: "_UI", log: TrialLog, exp, handler_csv: Path,
@@ -169,13 +170,12 @@ def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: "_UI", log: TrialLo
                            min_s=plan.design["timing"]["min_break_s"], screenshot="break")
         prev_block = t.block
         row = ui.run_trial(t, stimset, plan, progress=f"Trial {t.trial_index + 1} of {n_total}")
-        log.append(row)  # flushed and fsync'd before anything else happens
+        row["_n_intervals"] = ui.last_n_intervals
+        log.append({k: v for k, v in row.items() if not k.startswith("_")})  # flushed and fsync'd before anything else happens
         done_this_run += 1
-        plan.info["_run_done"] = done_this_run
+        totals["trials"] = done_this_run
         plan.info["n_trials_completed"] = t.trial_index + 1
-        info = dict(plan.info)
-        info.pop("_run_done")
-        _save_plain(plan, info)
+        save_info(plan)
         for k in HANDLER_FIELDS:
             v = row[k]
             exp.addData(k, ";".join(map(str, v)) if isinstance(v, list) else int(v) if isinstance(v, bool) else v)
@@ -183,7 +183,8 @@ def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: "_UI", log: TrialLo
         _save_handler(exp, handler_csv)
         totals["frames"] += row["frames"]
         totals["frames_dropped"] += row["frames_dropped"]
-        totals["intervals_ms_sum"] += (row["frame_interval_mean_ms"] or 0.0) * max(row["frames"] - 1, 0)
+        totals["intervals"] += row["_n_intervals"]
+        totals["intervals_ms_sum"] += (row["frame_interval_mean_ms"] or 0.0) * row["_n_intervals"]
         if ui.sim_hang_after is not None and done_this_run >= ui.sim_hang_after:
             ui.sim_idle = True
         if ui.sim_escape_after is not None and done_this_run >= ui.sim_escape_after:
@@ -203,12 +204,6 @@ def _save_handler(exp, path: Path) -> None:
         logging.console.setLevel(level)
 
 
-def _save_plain(plan: SessionPlan, info: dict) -> None:
-    from contracts.session import write_session_info
-
-    write_session_info(plan.folder, info)
-
-
 class _UI:
     """Drawing and input for one window."""
 
@@ -225,6 +220,7 @@ class _UI:
         self._chrome_cache: dict[int, dict] = {}
         self.sim_hang_after: int | None = None
         self.sim_idle = False  # a simulated participant that stopped clicking (tests)
+        self.last_n_intervals = 0
         self.mouse = event.Mouse(win=win, visible=True)
         self.colors = [_hex_to_rgb(c) for c in disp["pair_colors"]]
         self.text_h = disp["text_deg"]
@@ -474,6 +470,7 @@ class _UI:
             state.click(kind, row)
         win.recordFrameIntervals = False
         intervals = [1000 * x for x in win.frameIntervals]
+        self.last_n_intervals = len(intervals)
         frame_stats = {"frames": n_flips, "frames_dropped": int(win.nDroppedFrames - dropped0),
                        "frame_interval_mean_ms": round(statistics.fmean(intervals), 3) if intervals else None,
                        "frame_interval_sd_ms": round(statistics.stdev(intervals), 3) if len(intervals) > 1 else None}
