@@ -236,7 +236,7 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         extra.append(VALIDATION_TABLE)
     if all_channels:
         extra += _combine_activations(out, work, all_channels, len(paths), info.world_size)
-    images = pd.concat([natural, fv_rows], ignore_index=True) if fv_rows is not None else natural
+    images = _concat_keeping_ints([natural, fv_rows] if fv_rows is not None else [natural])
     seeds = {"run": cfg.run.seed, "units": cfg.run.seed if cfg.units.seed is None else cfg.units.seed,
              "weights": model.weights.get("seed"),
              "feature_vis": fv_params.get("seed", cfg.run.seed) if fv_params else None}
@@ -282,6 +282,15 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         say(f"{RANDOM_BANNER}\nNOTES: {' '.join(notes)}\n{RANDOM_BANNER}", file=sys.stderr)
     D.barrier(info)
     return out
+
+
+def _concat_keeping_ints(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate image rows of different kinds. Integer columns of one kind (image_index, the
+    renderer's 64-bit seeds) would turn into floats next to the other kind's empty cells and lose
+    digits; they become nullable integers instead."""
+    ints = {c for f in frames for c in f.columns if pd.api.types.is_integer_dtype(f[c]) or pd.api.types.is_bool_dtype(f[c])}
+    frames = [f.astype({c: "Int64" for c in ints if c in f.columns}) for f in frames]
+    return pd.concat(frames, ignore_index=True)
 
 
 def _combine_activations(out: Path, work: Path, all_channels: dict[str, int], n: int, world: int) -> list[str]:

@@ -199,3 +199,19 @@ def test_torchvision_decoder_pass_with_rescoring_picks_the_pil_exemplars(model, 
     got = choose_exemplars(tv.lists, values, hashes, units, 3)
     want = choose_exemplars(one_process.lists, None, {}, units, 3)
     assert got.image_index.tolist() == want.image_index.tolist()
+
+
+def test_duplicate_image_is_skipped_only_with_dedupe(model, setup, one_process):
+    paths, units = setup
+    best = int(one_process.lists.result()["max"][1][0, 0])  # unit 0's most activating image
+    with_dup = paths + [paths[best]]  # index 30: the same file again
+    res = run_pass(model.net, with_dup, list(range(len(with_dup))), units.iloc[:1], PP, opts(), torch.device("cpu"),
+                   progress=False)
+    cand = sorted({int(i) for side in res.lists.result().values() for i in side[1].flatten()})
+    _, hashes = rescore(model.net, with_dup, cand, units.iloc[:1], PP, "mean", "pre", torch.device("cpu"),
+                        with_values=False)
+    plain = choose_exemplars(res.lists, None, hashes, units.iloc[:1], 3)
+    dedup = choose_exemplars(res.lists, None, hashes, units.iloc[:1], 3, max_hamming=0)
+    top = lambda df: df[df.kind == "natural_max"].image_index.tolist()  # noqa: E731
+    assert top(plain)[:2] == [best, 30]  # a tie: the lower index first
+    assert top(dedup)[0] == best and 30 not in top(dedup) and len(top(dedup)) == 3

@@ -130,7 +130,7 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
                 rel = image_relpath(u, "feature_vis", r)
                 (set_root / rel).parent.mkdir(parents=True, exist_ok=True)
                 Image.new("RGB", (64, 64), (r, 0, 0)).save(set_root / rel)
-                rows.append({"unit_id": u, "kind": "feature_vis", "rank": r, "activation": 1.0, "file": rel, "seed": r})
+                rows.append({"unit_id": u, "kind": "feature_vis", "rank": r, "activation": 1.0, "file": rel, "seed": 2**62 + r})
         return pd.DataFrame(rows)
 
     def validate(fv_rows, natural_rows):
@@ -149,6 +149,9 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
     assert len(s.images[s.images.kind == "feature_vis"]) == 4
     assert s.manifest["parameters"]["feature_vis"]["steps"] == 8
     assert "validation.csv" in s.manifest["files"] and len(pd.read_csv(out / "validation.csv")) == 2
+    fv = s.images[s.images.kind == "feature_vis"]
+    assert fv.seed.tolist() == [str(2**62), str(2**62 + 1)] * 2  # 64-bit seeds survive next to natural rows
+    assert s.images[s.images.kind == "natural_max"].image_index.str.isdigit().all()
 
 
 @pytest.mark.slow
