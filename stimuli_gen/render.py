@@ -545,7 +545,7 @@ def _finish_batch(net, plan: BatchPlan, uids: list[str], seeds: list[int], res: 
         r = i % n
         rel = image_relpath(uid, KIND, r)
         pngs[rel] = _write_png_atomic(set_root / rel, out_u8[i])
-        curve = [[s, round(float(v), 6)] for s, v in zip(res.curve_steps, res.curves[i])]
+        curve = [[s, float(f"{float(v):.7g}")] for s, v in zip(res.curve_steps, res.curves[i])]
         rows.append({"unit_id": uid, "kind": KIND, "rank": r, "activation": float(act_saved[i]), "file": rel,
                      "seed": int(seed), "activation_render": float(act_render[i]),
                      "gram_similarity": float(off[i // n, r]) if n > 1 else float("nan"),
