@@ -371,18 +371,19 @@ class _UI:
                             for _ in range(3)] for side in ("reference", "candidate")},
             "texts": [
                 visual.TextStim(win, text="Click a row on the right, then the row on the left that shows the same unit.",
-                                height=th, pos=(0, lay.title_y), color="white", wrapWidth=lay.width + 10, autoLog=False),
+                                height=th, pos=(0, lay.title_y), color="white", wrapWidth=0.95 * self.w_deg, autoLog=False),
+                # labels grow outwards from the middle gap, so they never meet even for n = 1
                 visual.TextStim(win, text="reference rows", height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
-                                pos=(ref0.x, ref0.y + ref0.h / 2 + 0.6 * th)),
+                                pos=(ref0.right, ref0.y + ref0.h / 2 + 0.6 * th), anchorHoriz="right", alignText="right"),
                 visual.TextStim(win, text="rows to match", height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
-                                pos=(cand0.x, cand0.y + cand0.h / 2 + 0.6 * th)),
+                                pos=(cand0.left, cand0.y + cand0.h / 2 + 0.6 * th), anchorHoriz="left", alignText="left"),
             ],
             "confirm": visual.Rect(win, width=c.w, height=c.h, pos=(c.x, c.y), fillColor=[-0.4, 0.1, -0.4],
                                    lineColor="white", lineWidth=2, autoLog=False),
             "confirm_text": visual.TextStim(win, text="Confirm", height=th, pos=(c.x, c.y), color="white", autoLog=False),
             "progress": visual.TextStim(win, text="", height=0.7 * th, pos=(0, lay.progress_y), color=[0.4, 0.4, 0.4],
                                         autoLog=False),
-            "feedback": visual.TextStim(win, text="", height=th, pos=(0, c.y), color="white", wrapWidth=lay.width + 10,
+            "feedback": visual.TextStim(win, text="", height=th, pos=(0, c.y), color="white", wrapWidth=0.95 * self.w_deg,
                                         autoLog=False),
             "answer_lines": [visual.Line(win, start=(0, 0), end=(1, 0), lineColor="white", lineWidth=2, autoLog=False)
                              for _ in range(3)],

@@ -95,6 +95,24 @@ def check_trial_screenshot(png: Path, row: pd.Series, monitor: dict, stimuli_roo
         assert near > 200, f"pair colour {c} is not drawn ({near} px)"
 
 
+def check_title_is_one_line(png: Path, n: int, design: dict) -> None:
+    """White text above the rows is only the title's single line (no wrapped line running into the rows)."""
+    from experiment.layout import trial_layout
+
+    shot = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    h = shot.shape[0]
+    ppd = pix_per_deg(design["monitor"])
+    lay = trial_layout(n, design["display"])
+    text = design["display"]["text_deg"]
+    top_row = max(r.y + r.h / 2 for r in lay.rows["reference"])
+    white_rows = np.nonzero((shot.min(axis=2) > 240).any(axis=1))[0]
+    above = white_rows[white_rows < h / 2 - top_row * ppd - 2]
+    assert len(above), "no title"
+    lo, hi = h / 2 - (lay.title_y + text) * ppd, h / 2 - (lay.title_y - text) * ppd
+    assert lo <= above.min() and above.max() <= hi, f"text outside the title line: rows {above.min()}-{above.max()}"
+    assert above.max() - above.min() < 1.4 * text * ppd, "the title wraps onto a second line"
+
+
 def test_simulated_session_files_rows_and_screenshots(fixture_set, tmp_path, display_env):
     shots = tmp_path / "shots"
     data = tmp_path / "data"
@@ -136,6 +154,10 @@ def test_simulated_session_files_rows_and_screenshots(fixture_set, tmp_path, dis
     for t in ("exemplar", "feature_vis"):
         row = df[(df.trial_type == t) & (df.is_catch == 0)].iloc[0]  # the first trial of the type is the one shot
         check_trial_screenshot(shots / f"trial_{t}.png", row, design["monitor"], fixture_set, design["display"]["pair_colors"])
+    catch = df[df.is_catch == 1].iloc[0]
+    check_trial_screenshot(shots / "trial_catch.png", catch, design["monitor"], fixture_set, design["display"]["pair_colors"])
+    for name, n in (("trial_exemplar", 3), ("trial_catch", catch["n_images"])):
+        check_title_is_one_line(shots / f"{name}.png", n, design)
     ins = np.asarray(Image.open(shots / "instructions.png").convert("RGB")).astype(int)
     white = (ins.min(axis=2) > 230).mean()
     assert 0.01 < white < 0.2, f"instruction text coverage {white:.3f}"
