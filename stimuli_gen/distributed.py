@@ -40,7 +40,7 @@ def init_from_env(device: str = "auto") -> tuple[DistInfo, torch.device]:
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} requested but CUDA is not available")
+        raise ValueError(f"--device {device} requested but CUDA is not available here (use --device cpu or auto)")
     if use_cuda:
         dev = torch.device("cuda", info.local_rank) if device in ("auto", "cuda") else torch.device(device)
         torch.cuda.set_device(dev)

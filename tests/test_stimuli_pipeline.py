@@ -89,8 +89,10 @@ def no_pass(monkeypatch):
     (["--units", "inception4a:512"], "channel 512 out of range for torchvision_googlenet inception4a"),
     (["--statistic", "median"], "statistic must be 'mean' or 'max'"),
     (["--model", "lucid_inceptionv1", "--weights", "pretrained"], "pass --weights PATH"),
+    (["--device", "cuda"], "CUDA is not available here"),
 ])
-def test_errors_before_any_work(extra, message, collection, tmp_path, capsys, no_pass):
+def test_errors_before_any_work(extra, message, collection, tmp_path, capsys, no_pass, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU machine
     (tmp_path / "empty").mkdir()
     args = ["--out", str(tmp_path / "x"), "--collection", str(collection), "--fv-per-unit", "0", *SMALL, *extra]
     args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
