@@ -107,8 +107,17 @@ def triplets_needed(design: Design) -> dict[str, int]:
     return need
 
 
+def usable_images(images: pd.DataFrame) -> pd.DataFrame:
+    """Images a trial may show: rows marked ``spare = 1`` (an optional column, written by stimuli_gen for
+    exemplars beyond k kept in reserve) are never shown."""
+    if "spare" in images.columns:
+        return images[~(pd.to_numeric(images["spare"], errors="coerce").fillna(0) == 1)]
+    return images
+
+
 def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFrame) -> list[str]:
     """Everything the stimulus set lacks for this design, as sentences (empty: the set is enough)."""
+    images = usable_images(images)
     problems = []
     k_nat, k_fv = required_images(design)
     need = triplets_needed(design)
@@ -236,7 +245,7 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
 
     unit_info = units.set_index("unit_id")
     files: dict[tuple[str, str], dict[int, str]] = {}
-    for (uid, kind), sel in images.groupby(["unit_id", "kind"]):
+    for (uid, kind), sel in usable_images(images).groupby(["unit_id", "kind"]):
         files[(uid, kind)] = dict(zip(sel["rank"].astype(int), sel["file"]))
 
     trials = []

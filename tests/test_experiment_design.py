@@ -486,3 +486,18 @@ def test_config_refuses_a_layout_that_does_not_fit_the_screen():
     with pytest.raises(ConfigError, match=r"key 'display': a trial with n=5 needs .* reduce display.image_deg"):
         design_from_dict(cfg(**{"display.image_deg": 3.0}), "small.toml")
     design_from_dict(cfg(**{"design.n_images": [1, 3], "practice.n_images": [1], "catch.n_images": 1, "display.image_deg": 3.0}))
+
+
+def test_spare_images_are_never_shown(stimset):
+    """stimuli_gen marks exemplars kept in reserve with spare = 1: a design must not count or show them."""
+    imgs = stimset.images.copy()
+    imgs["spare"] = ((imgs.kind == "natural_max") & (imgs["rank"] >= 8)).astype(float)
+    imgs.loc[imgs.kind == "feature_vis", "spare"] = np.nan
+    d = design_from_dict(cfg())
+    problems = check_set_for_design(d, stimset.units, imgs)
+    assert problems and all("missing rank(s) 8, 9" in p for p in problems)
+    small = design_from_dict(cfg(**{"design.n_images": [1, 3], "practice.n_images": [3], "catch.n_images": 3}))
+    spare_files = set(imgs.loc[imgs.spare == 1, "file"])
+    for t in build_trials(small, stimset.units, imgs, 0, 4):
+        shown = {f for rows in (t.reference_files, t.candidate_files) for row in rows for f in row}
+        assert not shown & spare_files
