@@ -278,6 +278,8 @@ def test_tampered_stimulus_set_is_refused(fixture_set, tmp_path, capsys):
     assert rc == 2 and "manifest.json" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(shutil.which("xdotool") is None,
+                    reason="xdotool not installed (apt-get install xdotool): the real-X11-input test cannot run")
 def test_person_session_driven_by_real_x11_clicks_and_keys(fixture_set, tmp_path, display_env):
     """No simulation: xdotool sends real X11 mouse clicks and key presses, as a person's hardware would.
 
