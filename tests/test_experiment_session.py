@@ -362,3 +362,23 @@ def test_person_session_driven_by_real_x11_clicks_and_keys(fixture_set, tmp_path
     assert info["status"] == "completed" and info["simulated"] is None
     log = next((folder / "psychopy").glob("*.log")).read_text()
     assert "Keypress: escape" in log and "Keypress: n" in log and "Emulated" not in log
+
+
+@pytest.mark.slow
+def test_default_study_design_runs_end_to_end(tmp_path, display_env):
+    """The real study design (80 trials, n up to 5, 4 blocks, breaks) with a set of 7 units per group."""
+    from stimset_fixture import make_fixture_set
+
+    stim = make_fixture_set(tmp_path / "set7", tmp_path / "coll", units_per_group=7, size=96)
+    data = tmp_path / "data"
+    args = ["--stimuli", str(stim), "--design", "default", "--experiment", "study", "--participant", "P03",
+            "--simulate", "noisy:0.7", "--data-dir", str(data), "--no-dialog"]
+    out = run_cli(args, display_env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    df = read_trials(data / "study" / "sub-P03_ses-01")
+    main = df[(df.is_practice == 0) & (df.is_catch == 0)]
+    assert len(df) == 80 and len(main) == 72 and df.is_catch.sum() == 4 and df.is_practice.sum() == 4
+    assert set(main.groupby(["trial_type", "layer_group", "n_images"]).size()) == {4}
+    triplets = df.apply(lambda r: frozenset((r.unit_0, r.unit_1, r.unit_2)), axis=1)
+    assert triplets.is_unique  # max_triplet_uses = 1
+    assert 0.55 < main.trial_correct.mean() < 0.85
