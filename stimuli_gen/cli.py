@@ -58,6 +58,11 @@ FV_OVERRIDES = {"--fv-steps": ("steps", int, "optimization steps per visualizati
                 "--fv-size": ("size", int, "visualization size in px")}
 
 
+CHOICES = {"--model": ["torchvision_googlenet", "lucid_inceptionv1"], "--statistic": ["mean", "max"],
+           "--relu": ["pre", "post"], "--precision": ["auto", "fp32", "bf16"],
+           "--decoder": ["auto", "pil", "torchvision"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fvmatch-stimuli",
@@ -67,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE.toml", help="configuration file (command-line values override it)")
     for flag, (_, typ, help_) in {**OVERRIDES, **FV_OVERRIDES}.items():
-        p.add_argument(flag, type=typ, default=None, help=help_)
+        p.add_argument(flag, type=typ, default=None, help=help_, choices=CHOICES.get(flag),
+                       metavar=None if flag in CHOICES else ("N" if typ is int else flag.lstrip("-").split("-")[-1].upper()))
     p.add_argument("--units", help="explicit units, comma-separated layer:channel[:group] (instead of sampling)")
     p.add_argument("--save-activations", action="store_true", default=None,
                    help="also save every channel's activation on every image (float16 activations.npy)")

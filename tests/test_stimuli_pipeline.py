@@ -87,7 +87,7 @@ def no_pass(monkeypatch):
     (["--k", "30"], "has only 25 images"),
     (["--units", "inception9a:1:early"], "unknown layer 'inception9a'"),
     (["--units", "inception4a:512"], "channel 512 out of range for torchvision_googlenet inception4a"),
-    (["--statistic", "median"], "statistic must be 'mean' or 'max'"),
+    (["--config", "BADSTAT"], "statistic must be 'mean' or 'max'"),  # a TOML value (the flag has choices)
     (["--model", "lucid_inceptionv1", "--weights", "pretrained"], "pass --weights PATH"),
     (["--device", "cuda"], "CUDA is not available here"),
 ])
@@ -95,7 +95,8 @@ def test_errors_before_any_work(extra, message, collection, tmp_path, capsys, no
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU machine
     (tmp_path / "empty").mkdir()
     args = ["--out", str(tmp_path / "x"), "--collection", str(collection), "--fv-per-unit", "0", *SMALL, *extra]
-    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    (tmp_path / "bad.toml").write_text('[exemplars]\nstatistic = "median"\n')
+    args = [str(tmp_path / "empty") if a == "EMPTY" else str(tmp_path / "bad.toml") if a == "BADSTAT" else a for a in args]
     if "pretrained" in extra:
         args.remove("random")
         args.remove("--weights")
