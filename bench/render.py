@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = n_img / total_s
     print(f"(b) batched: {n_img} visualizations in {total_s:.1f} s -> {rate:.3f} visualizations/s at {LUCID_STEPS} steps "
           f"(extrapolated from {timed} timed steps per batch, incl. saving and measuring the PNGs); batch size {batch}; "
-          f"bf16 {rt['amp_bf16']}, channels_last {rt['channels_last']}, compiled layer sets: "
-          f"{rt['compiled_layer_sets'] or 'none'}")
+          f"bf16 {rt['amp_bf16']}, channels_last {rt['channels_last']}, compiled graphs (up to): "
+          f"{rt['compiled_up_to'] or 'none'}")
     print(f"ratio (b)/(a): {rate / base_rate:.1f}x")
     return 0
 

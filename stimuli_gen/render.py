@@ -16,6 +16,7 @@ Public interface (used by the pipeline)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -151,6 +152,8 @@ class RenderConfig:
             out_transform=self.out_transform,
             transforms=T.describe(self.transform_spec()),
             seeds="per image: sha256('{seed}/{unit_id}/{rank}') -> initial spectrum, then its transforms",
+            precision="network bf16 autocast when amp (Gram matmuls TF32 on CUDA); spectrum, Adam, FFT, "
+                      "transforms and loss float32; reported activations float32 on the saved 8-bit PNG",
         )
         return d
 
@@ -184,7 +187,7 @@ class Runtime:
 
     def describe(self) -> dict:
         return {"device": str(self.device), "amp_bf16": self.amp, "channels_last": self.channels_last,
-                "compile": self.compile, "compiled_layer_sets": sorted("+".join(k[0]) for k in self.compiled)}
+                "compile": self.compile, "compiled_up_to": sorted(k[0] for k in self.compiled)}
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -202,15 +205,26 @@ def _forward_fn(net, layers: tuple[str, ...], cfg: RenderConfig, rt: Runtime) ->
     return fwd
 
 
+def deepest_layer(net, layers) -> str:
+    return max(layers, key=net.layer_names.index)
+
+
 def _network(net, layers: tuple[str, ...], cfg: RenderConfig, rt: Runtime, redirect: bool, work_steps: int) -> Callable:
-    """Eager for the redirected-ReLU steps; compiled (once per layer set) when it pays."""
+    """Eager for the redirected-ReLU steps; otherwise compiled when it pays.
+
+    One compiled graph per deepest layer returns every layer up to it (computed anyway), so it
+    serves every batch that stops there, whatever mix of layers it holds. "auto" compiles a graph
+    only when the batches stopping at that layer run at least ``compile_min_steps`` steps in all.
+    """
     if redirect or not rt.compile:
         return _forward_fn(net, layers, cfg, rt)
-    key = (layers, cfg.relu)
+    deepest = deepest_layer(net, layers)
+    key = (deepest, cfg.relu)
     if key not in rt.compiled:
         if rt.compile == "auto" and work_steps < cfg.compile_min_steps:
             return _forward_fn(net, layers, cfg, rt)
-        rt.compiled[key] = torch.compile(_forward_fn(net, layers, cfg, rt), backend=cfg.compile_backend)
+        upto = tuple(net.layer_names[:net.layer_names.index(deepest) + 1])
+        rt.compiled[key] = torch.compile(_forward_fn(net, upto, cfg, rt), backend=cfg.compile_backend)
     return rt.compiled[key]
 
 
@@ -243,25 +257,39 @@ def optimize_batch(net, plan: BatchPlan, seeds: Sequence[int], cfg: RenderConfig
     opt = torch.optim.Adam([image.spectrum], lr=cfg.lr)
     record = curve_steps(cfg.steps, cfg.curve_points)
     record_set, recorded = set(record), []
-    for step in range(cfg.steps):
-        redirect = step < cfg.redirect_relu_steps
-        fwd = _network(net, layers, cfg, rt, redirect, work_steps)
-        x = T.transform_batch(image(), tparams[step], spec, net_size)
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with net.relu_replaced(redirected_relu if redirect else F.relu):
-            acts = fwd(x)
-            loss, act = batch_loss(acts, plan, cfg.diversity_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        opt.step()
-        if step in record_set:
-            recorded.append(act)
-        if on_step is not None:
-            on_step(step)
+    with _tf32_matmul(rt.device.type == "cuda" and rt.amp):
+        for step in range(cfg.steps):
+            redirect = step < cfg.redirect_relu_steps
+            fwd = _network(net, layers, cfg, rt, redirect, work_steps)
+            x = T.transform_batch(image(), tparams[step], spec, net_size)
+            if rt.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with net.relu_replaced(redirected_relu if redirect else F.relu):
+                acts = fwd(x)
+                loss, act = batch_loss(acts, plan, cfg.diversity_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+            if step in record_set:
+                recorded.append(act)
+            if on_step is not None:
+                on_step(step)
     with torch.no_grad():
         final = image().detach().float().cpu()
     return BatchResult(images=final, curve_steps=record, curves=torch.stack(recorded, 1).cpu())
+
+
+@contextlib.contextmanager
+def _tf32_matmul(enabled: bool):
+    """TF32 for float32 matmuls (the Gram matrices of the diversity term) while the network runs in
+    bf16 anyway; the previous setting is restored."""
+    prev = torch.backends.cuda.matmul.allow_tf32
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 # ---- output images and their measurements (pure) -------------------------------------------------
@@ -281,7 +309,7 @@ def to_output(images: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def measure(net, plan: BatchPlan, images01: torch.Tensor, cfg: RenderConfig, device: torch.device,
-            chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+            chunk: int = 64, grams: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Untransformed activation of each image (float32, no autocast) and per-unit Gram similarities."""
     acts_all, sims = [], []
     upc = max(1, chunk // plan.n_vis)  # whole units per chunk
@@ -291,8 +319,9 @@ def measure(net, plan: BatchPlan, images01: torch.Tensor, cfg: RenderConfig, dev
         layers = tuple(sorted(set(sub.layers), key=net.layer_names.index))
         acts = net.forward_layers(x, layers, relu=cfg.relu)
         acts_all.append(unit_activations(acts, sub, cfg.statistic).cpu())
-        sims.append(unit_gram_similarity(acts, sub).cpu())
-    return torch.cat(acts_all), torch.cat(sims)
+        if grams:
+            sims.append(unit_gram_similarity(acts, sub).cpu())
+    return torch.cat(acts_all), torch.cat(sims) if grams else None
 
 
 def pixel_std(images_u8: torch.Tensor) -> torch.Tensor:
@@ -489,14 +518,14 @@ ROW_COLUMNS = ["unit_id", "kind", "rank", "activation", "file", "seed", "activat
 
 def _render_units(net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runtime, set_root: Path, ckpt: Path | None,
                   fingerprint: str, progress: bool, tqdm) -> list[dict]:
-    deepest = max(todo.layer, key=net.layer_names.index)
+    deepest = deepest_layer(net, todo.layer)
     per_batch = cfg.batch_size or auto_batch_size(net, cfg, rt, deepest)
     units_per_batch = max(1, per_batch // cfg.n_vis)
     batches = schedule(todo, net.layer_names, units_per_batch)
     # Steps each layer set will run (for "compile where it pays").
-    work: dict[tuple, int] = {}
+    work: dict[str, int] = {}
     for b in batches:
-        key = tuple(sorted(set(b.layer), key=net.layer_names.index))
+        key = deepest_layer(net, b.layer)
         work[key] = work.get(key, 0) + cfg.steps
 
     rows: list[dict] = []
@@ -510,7 +539,7 @@ def _render_units(net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runtime, set_r
             uids = list(b.unit_id)
             plan = BatchPlan(list(b.layer), [int(c) for c in b.channel], cfg.n_vis, rt.device)
             seeds = [image_seed(cfg.seed, u, r) for u in uids for r in range(cfg.n_vis)]
-            key = tuple(sorted(set(plan.layers), key=net.layer_names.index))
+            key = deepest_layer(net, plan.layers)
 
             def on_step(step: int, n_img=plan.batch_size) -> None:
                 nonlocal n_steps_done
@@ -535,7 +564,7 @@ def _finish_batch(net, plan: BatchPlan, uids: list[str], seeds: list[int], res: 
     """Save the PNGs and measure what was saved (8-bit, out_size, untransformed)."""
     out_u8 = to_output(res.images, cfg)
     act_saved, sims = measure(net, plan, out_u8.float() / 255, cfg, rt.device)
-    act_render, _ = measure(net, plan, res.images, cfg, rt.device)
+    act_render, _ = measure(net, plan, res.images, cfg, rt.device, grams=False)
     n = cfg.n_vis
     # Mean similarity of each image to its unit's other images (NaN for a single image).
     off = (sims.sum(-1) - torch.diagonal(sims, dim1=1, dim2=2)) / max(n - 1, 1)

@@ -150,7 +150,7 @@ def test_compiled_path_traces_and_matches_eager(lucid):
     rt = R.Runtime.resolve(c, torch.device("cpu"))
     plan, seeds = BatchPlan(["mixed4a", "mixed3b"], [11, 3], 2), [1, 2, 3, 4]
     compiled = R.optimize_batch(lucid.net, plan, seeds, c, rt)
-    assert rt.describe()["compiled_layer_sets"] == ["mixed3b+mixed4a"]
+    assert rt.describe()["compiled_up_to"] == ["mixed4a"]
     c_eager = R.RenderConfig(**{**c.__dict__, "compile": False})
     eager = R.optimize_batch(lucid.net, plan, seeds, c_eager, R.Runtime.resolve(c_eager, torch.device("cpu")))
     torch.testing.assert_close(compiled.images, eager.images)
@@ -287,3 +287,47 @@ def test_validation_table_and_summary():
     assert np.isnan(val.loc["u3", "natural_max_activation"])
     text = R.summarize_validation(val.reset_index())
     assert "1/2 units" in text and "flat (grey or dead) units: 2: u2, u3" in text
+
+
+# ---- torch.distributed ------------------------------------------------------------------------------
+
+def _dist_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from stimuli_gen.models import load_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = load_model("lucid_inceptionv1", "random", seed=0)
+        calls = []
+        real = R.optimize_batch
+
+        def counting(net, plan, *a, **kw):
+            calls.extend(plan.layers)
+            return real(net, plan, *a, **kw)
+
+        R.optimize_batch = counting
+        u = units(("mixed3a", 1), ("mixed4a", 2), ("mixed3b", 3))
+        rows = R.render_feature_visualizations(model, u, cfg(n_vis=1, steps=2), out, progress=False)
+        rows.drop(columns="activation_curve").to_csv(f"{out}/rows_{rank}.csv", index=False)
+        with open(f"{out}/calls_{rank}.json", "w") as f:
+            json.dump(calls, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_ranks_share_units_and_gather_the_table(tmp_path):
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.start_processes(_dist_worker, args=(2, init, str(tmp_path)), nprocs=2, start_method="spawn", join=True)
+    calls = [json.loads((tmp_path / f"calls_{r}.json").read_text()) for r in range(2)]
+    # Units sorted by depth (3a, 3b, 4a) and dealt round-robin: rank 0 gets 3a and 4a, rank 1 gets 3b.
+    assert sorted(calls[0]) == ["mixed3a", "mixed4a"] and calls[1] == ["mixed3b"]
+    t0, t1 = (pd.read_csv(tmp_path / f"rows_{r}.csv") for r in range(2))
+    pd.testing.assert_frame_equal(t0, t1)
+    assert list(t0.unit_id) == ["mixed3a_c0001", "mixed4a_c0002", "mixed3b_c0003"]  # caller's order
+    assert all((tmp_path / f).is_file() for f in t0.file)
