@@ -277,7 +277,7 @@ def choose_exemplars(lists: ExtremeLists, values: dict[int, torch.Tensor] | None
             order = sorted(cand, key=lambda i: (sign * float(values[i][u]), i))
             picked = pick_distinct(order, hashes, n, max_hamming)
             if len(picked) < n:
-                raise RuntimeError(f"unit {unit_id}: only {len(picked)} usable {kind} exemplars among "
+                raise ValueError(f"unit {unit_id}: only {len(picked)} usable {kind} exemplars among "
                                    f"{len(cand)} candidates, need {n} (collection too small after skipped files, "
                                    f"or too many near-duplicates: raise --margin or lower --dedupe-hamming)")
             for rank, i in enumerate(picked):

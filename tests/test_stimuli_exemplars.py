@@ -183,7 +183,7 @@ def test_near_duplicates_are_skipped():
 
 def test_too_few_usable_exemplars_is_a_clear_error(one_process, setup):
     _, units = setup
-    with pytest.raises(RuntimeError, match="only 6 usable natural_max exemplars"):
+    with pytest.raises(ValueError, match="only 6 usable natural_max exemplars"):
         choose_exemplars(one_process.lists, None, {}, units, 7)
 
 
