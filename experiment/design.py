@@ -36,7 +36,7 @@ import csv
 import hashlib
 import itertools
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -327,7 +327,3 @@ def write_conditions_csv(trials: list[TrialSpec], path: os.PathLike | str, image
         w.writeheader()
         w.writerows(rows)
     return path
-
-
-def trial_to_dict(t: TrialSpec) -> dict:
-    return asdict(t)

@@ -12,8 +12,6 @@ screen position of the row they choose; the same polling code then reads the cli
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
 import statistics
 from pathlib import Path
 

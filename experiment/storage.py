@@ -10,21 +10,18 @@ No PsychoPy here. The rules that keep data safe live in this module:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.common import ContractError, software_versions
 from contracts.session import (
-    PSYCHOPY_DIR,
     SESSION_FILE,
     TRIALS_FILE,
     now_iso,
     read_session_info,
     read_trials,
     session_dir,
-    validate_id,
     write_session_info,
 )
 from contracts.stimulus_set import StimulusSet
@@ -193,7 +190,3 @@ def trial_row(plan: SessionPlan, t: TrialSpec, stimuli: list[dict], clicks: list
         "frame_interval_mean_ms": frames["frame_interval_mean_ms"], "frame_interval_sd_ms": frames["frame_interval_sd_ms"],
         "onset": onset_iso,
     }
-
-
-def json_compact(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
