@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan = new_session(data_dir, experiment, participant, session, design, stimset, args.counterbalance,
                                    args.seed, policy)
             except SessionExists as e:
-                if args.no_dialog or policy or args.check_only or not _ask_resume(e):
+                if args.no_dialog or policy or not _ask_resume(e):
                     return _fail(str(e))
                 plan = resume_session(data_dir, experiment, participant, session, stimset)
     except (SessionExists, ResumeError, ValueError, ContractError) as e:

@@ -257,6 +257,59 @@ def test_escape_asks_then_ends_cleanly(fixture_set, tmp_path, display_env):
     assert "EmulatedKey" in log  # the abort went through PsychoPy's key handling (Escape, then Y)
 
 
+DIALOG_DRIVER = """
+import sys
+from PyQt6 import QtCore, QtWidgets
+from PyQt6.QtTest import QTest
+from psychopy.gui import qtgui
+from experiment.cli import main
+
+typed = {"P11": 0}
+
+def answer():  # a scripted experimenter: types into the first dialog, then presses OK on every dialog
+    app = QtWidgets.QApplication.instance()
+    for w in [w for w in app.topLevelWidgets() if w.isVisible() and isinstance(w, QtWidgets.QDialog)]:
+        edits = w.findChildren(QtWidgets.QLineEdit)
+        if edits and not typed["P11"]:
+            for edit, text in zip(edits, ("P11", "3")):
+                edit.selectAll()
+                QTest.keyClicks(edit, text)
+            typed["P11"] = 1
+        print("dialog:", w.windowTitle(), flush=True)
+        w.findChildren(QtWidgets.QDialogButtonBox)[0].button(QtWidgets.QDialogButtonBox.StandardButton.Ok).click()
+    QtCore.QTimer.singleShot(100, answer)
+
+qtgui.ensureQtApp()
+QtCore.QTimer.singleShot(100, answer)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_real_psychopy_dialogs_ask_ids_and_offer_resume(fixture_set, tmp_path, display_env):
+    """PsychoPy's own Qt dialogs (DlgFromDict for the ids, Dlg to offer resuming), answered by typing."""
+    from contracts.session import write_session_info
+    from contracts.stimulus_set import load_stimulus_set
+    from experiment.config import load_design
+    from experiment.storage import new_session
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(DIALOG_DRIVER)
+    args = ["--stimuli", str(fixture_set), "--design", "demo", "--data-dir", str(tmp_path / "data"), "--check-only"]
+    out = subprocess.run([sys.executable, str(driver), *args], env=display_env, capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "dialog: fvmatch: demo" in out.stdout and "sub-P11_ses-03: 16 trials" in out.stdout
+    assert "counterbalance 11" in out.stdout and "resuming" not in out.stdout
+
+    plan = new_session(tmp_path / "data", "demo", "P11", 3, load_design("demo"), load_stimulus_set(fixture_set))
+    plan.folder.mkdir(parents=True)
+    write_session_info(plan.folder, plan.info)
+    out = subprocess.run([sys.executable, str(driver), *args], env=display_env, capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "dialog: Session exists" in out.stdout and "resuming at trial 1" in out.stdout
+
+
 def test_tampered_stimulus_set_is_refused(fixture_set, tmp_path, capsys):
     from experiment.cli import main
 
