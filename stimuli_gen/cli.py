@@ -51,6 +51,8 @@ OVERRIDES = {
     "--workers": ("collection.workers", int, "DataLoader workers (-1: CPU cores - 1, at most 16)"),
     "--batch-size": ("collection.batch_size", int, "images per batch (default 128)"),
     "--builtin-dir": ("collection.builtin_dir", str, "where --collection builtin writes its images"),
+    "--activations-dtype": ("exemplars.activations_dtype", str, "dtype of --save-activations: float16 (default) or float32"),
+    "--activations-from": ("exemplars.activations_from", str, "earlier stimulus set saved with --save-activations: pick this run's exemplars from its activations (no pass over the images)"),
     "--fv-per-unit": ("feature_vis.per_unit", int, "feature visualizations per unit (0: skip rendering)"),
     "--fv-preset": ("feature_vis.preset", str, "rendering preset name (stimuli_gen.render)"),
 }
@@ -60,7 +62,7 @@ FV_OVERRIDES = {"--fv-steps": ("steps", int, "optimization steps per visualizati
 
 CHOICES = {"--model": ["torchvision_googlenet", "lucid_inceptionv1"], "--statistic": ["mean", "max"],
            "--relu": ["pre", "post"], "--precision": ["auto", "fp32", "bf16"],
-           "--decoder": ["auto", "pil", "torchvision"]}
+           "--decoder": ["auto", "pil", "torchvision"], "--activations-dtype": ["float16", "float32"]}
 
 
 def build_parser() -> argparse.ArgumentParser:

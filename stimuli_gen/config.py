@@ -77,6 +77,8 @@ class ExemplarConfig:
     channels_last: bool = True
     dedupe_hamming: int = -1  # skip exemplars within this many dhash bits of a better one; -1: off
     save_activations: bool = False  # all channels of the group layers, float16, into the set
+    activations_dtype: str = "float16"  # float16 (compact; range 6e-8..65504) | float32
+    activations_from: str | None = None  # an earlier set saved with save_activations: no pass, re-use them
     checkpoint_every_s: float = 60.0
 
 

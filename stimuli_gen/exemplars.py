@@ -122,12 +122,13 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
              opts: PassOptions, device: torch.device, checkpoint_path: os.PathLike | None = None,
              resume: bool = False, fingerprint: str = "", progress: bool = True,
              on_batch: Callable[[int], None] | None = None,
-             activations_path: os.PathLike | None = None, all_channels: dict[str, int] | None = None) -> PassResult:
+             activations_path: os.PathLike | None = None, all_channels: dict[str, int] | None = None,
+             activations_dtype: str = "float16") -> PassResult:
     """Stream the images ``indices`` (global indices into ``paths``) through ``net`` and keep the
     top/bottom ``opts.keep`` per unit. ``on_batch(n_seen)`` is called after each batch (tests use it
     to interrupt). With ``activations_path`` and ``all_channels`` ({layer: n_channels}), the
-    statistic of every channel of those layers is also saved, float16, one row per image of this
-    shard in shard order (NaN rows for skipped files)."""
+    statistic of every channel of those layers is also saved (``activations_dtype``), one row per
+    image of this shard in shard order (NaN rows for skipped files)."""
     precision = opts.resolved_precision(device)
     reader = UnitReader(units, device)
     layers = list(dict.fromkeys([*reader.layers, *(all_channels or {})]))
@@ -147,7 +148,8 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
         if resume and position and Path(activations_path).is_file():
             memmap = np.lib.format.open_memmap(activations_path, mode="r+")
         else:
-            memmap = np.lib.format.open_memmap(activations_path, mode="w+", dtype=np.float16, shape=(len(indices), n_cols))
+            memmap = np.lib.format.open_memmap(activations_path, mode="w+", dtype=np.dtype(activations_dtype),
+                                               shape=(len(indices), n_cols))
             memmap[:] = np.nan
         row_of = {g: r for r, g in enumerate(indices)}
 
@@ -181,7 +183,7 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
                     if memmap is not None:
                         full = torch.cat([fp32_statistic(acts[l], opts.statistic) for l in all_channels], 1)
                         rows = [row_of[int(i)] for i in index]
-                        memmap[rows] = full.to(torch.float16).cpu().numpy()
+                        memmap[rows] = full.cpu().numpy().astype(memmap.dtype)
                 skipped += batch.skipped
                 converted += batch.converted
                 position += batch.size
@@ -204,6 +206,31 @@ def _progress(total: int, initial: int, enabled: bool):
 
     return tqdm(total=total, initial=initial, unit="img", disable=not enabled, dynamic_ncols=True,
                 desc="exemplar pass", smoothing=0.1)
+
+
+def lists_from_activations(arr: np.ndarray, columns: pd.DataFrame, units: pd.DataFrame, keep: int,
+                           chunk: int = 4096) -> ExtremeLists:
+    """Candidate lists from a saved activation array (images x channels, float16; NaN rows = skipped
+    files) instead of a pass over the images. ``columns`` has ``layer, channel`` per column."""
+    col_of = {(l, int(c)): i for i, (l, c) in enumerate(zip(columns.layer, columns.channel))}
+    missing = [u for u, l, c in zip(units.unit_id, units.layer, units.channel) if (l, int(c)) not in col_of]
+    if missing:
+        raise ValueError(f"unit(s) {missing[:5]} not in the saved activations (layers there: "
+                         f"{sorted(set(columns.layer))})")
+    cols = np.array([col_of[(l, int(c))] for l, c in zip(units.layer, units.channel)])
+    lists = ExtremeLists.empty(len(units), keep)
+    lo = torch.full((len(units),), float("inf"))
+    hi = torch.full((len(units),), float("-inf"))
+    for s in range(0, arr.shape[0], chunk):
+        v = torch.from_numpy(np.asarray(arr[s : s + chunk][:, cols], dtype=np.float32))
+        lists = lists.update(v, torch.arange(s, s + len(v)))
+        finite = torch.nan_to_num(v, nan=0.0)
+        lo, hi = torch.minimum(lo, finite.amin(0)), torch.maximum(hi, finite.amax(0))
+    bad = [u for u, a, b in zip(units.unit_id, lo.tolist(), hi.tolist()) if a == b or not np.isfinite([a, b]).all()]
+    if bad:  # float16 under- or overflow: the saved values cannot rank the images
+        raise ValueError(f"saved activations of {bad[:5]} are constant or infinite (float16 range exceeded?); "
+                         f"save them with activations_dtype = 'float32'")
+    return lists
 
 
 # ---- choosing the exemplars -------------------------------------------------------------------

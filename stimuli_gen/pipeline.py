@@ -24,7 +24,8 @@ from contracts.stimulus_set import _SET_ID, image_relpath, write_stimulus_set
 from stimuli_gen import distributed as D
 from stimuli_gen.collection import DECODERS, Preprocess, list_collection
 from stimuli_gen.config import GeneratorConfig
-from stimuli_gen.exemplars import PassOptions, choose_exemplars, pass_fingerprint, rescore, run_pass, write_crops
+from stimuli_gen.exemplars import (PassOptions, choose_exemplars, lists_from_activations, pass_fingerprint, rescore,
+                                   run_pass, write_crops)
 from stimuli_gen.models import (DEFAULT_LAYER_GROUPS, RANDOM_WEIGHTS_WARNING, RELU_MODES, TORCHVISION_WEIGHTS_FILE,
                                 LoadedModel, load_model)
 from stimuli_gen.topk import EMPTY_INDEX
@@ -165,24 +166,29 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     all_channels = ({l: model.net.channels[l] for l in model.net.layer_names if any(l in v for v in groups.values())}
-                    if ex.save_activations else None)
+                    if ex.save_activations and not ex.activations_from else None)
     fingerprint = pass_fingerprint(paths=sha256_json(paths), units=units.to_dict("list"), pp=pp.to_dict(),
                                    opts=vars(opts) | {"checkpoint_every_s": None, "workers": None, "batch_size": None},
                                    model=model.name, weights=model.weights, world=info.world_size, rank=info.rank,
-                                   all_channels=all_channels)
-    indices = D.shard(list(range(len(paths))), info)
-    res = run_pass(model.net, paths, indices, units, pp, opts, device,
-                   checkpoint_path=work / f"pass_rank{info.rank}.pt", resume=cfg.run.resume, fingerprint=fingerprint,
-                   progress=cfg.run.progress and info.is_main,
-                   activations_path=work / f"activations_rank{info.rank}.npy" if all_channels else None,
-                   all_channels=all_channels)
-    lists = D.merge_across_ranks(res.lists.to("cpu"), info)
-    gathered = D.gather_objects({"skipped": res.skipped, "converted": res.converted, "n": res.n_seen,
-                                 "seconds": res.seconds}, info)
-    skipped = sorted(s for g in gathered for s in g["skipped"])
-    converted = sorted(s for g in gathered for s in g["converted"])
-    pass_seconds = max(g["seconds"] for g in gathered)
-    n_seen = sum(g["n"] for g in gathered)
+                                   all_channels=all_channels, activations_dtype=ex.activations_dtype)
+    if ex.activations_from:
+        t0 = time.perf_counter()
+        lists, skipped, converted = _lists_from_saved(Path(ex.activations_from), paths, pp, model, ex, units, opts.keep)
+        pass_seconds, n_seen = time.perf_counter() - t0, len(paths)
+    else:
+        indices = D.shard(list(range(len(paths))), info)
+        res = run_pass(model.net, paths, indices, units, pp, opts, device,
+                       checkpoint_path=work / f"pass_rank{info.rank}.pt", resume=cfg.run.resume, fingerprint=fingerprint,
+                       progress=cfg.run.progress and info.is_main,
+                       activations_path=work / f"activations_rank{info.rank}.npy" if all_channels else None,
+                       all_channels=all_channels, activations_dtype=ex.activations_dtype)
+        lists = D.merge_across_ranks(res.lists.to("cpu"), info)
+        gathered = D.gather_objects({"skipped": res.skipped, "converted": res.converted, "n": res.n_seen,
+                                     "seconds": res.seconds}, info)
+        skipped = sorted(s for g in gathered for s in g["skipped"])
+        converted = sorted(s for g in gathered for s in g["converted"])
+        pass_seconds = max(g["seconds"] for g in gathered)
+        n_seen = sum(g["n"] for g in gathered)
 
     # ---- choose exemplars (fp32 re-scoring of the candidates) and write the crops ----
     natural = None
@@ -191,7 +197,7 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         cand = sorted({int(i) for side in res_lists.values() for i in side[1].flatten() if int(i) != EMPTY_INDEX})
         # fp32 re-scoring is needed when the pass differs from the PIL crops in fp32 (bf16, or the
         # torchvision decoder); hashes only for near-duplicate skipping
-        exact_pass = precision == "fp32" and decoder == "pil"
+        exact_pass = precision == "fp32" and decoder == "pil" and not ex.activations_from  # saved ones are float16
         values, hashes = rescore(model.net, paths, cand, units, pp, ex.statistic, ex.relu, device, col.batch_size,
                                  with_values=not exact_pass, with_hashes=ex.dedupe_hamming >= 0)
         natural = choose_exemplars(lists, None if exact_pass else values, hashes, units, n_needed, ex.dedupe_hamming)
@@ -235,7 +241,11 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         val.to_csv(out / VALIDATION_TABLE, index=False)
         extra.append(VALIDATION_TABLE)
     if all_channels:
-        extra += _combine_activations(out, work, all_channels, len(paths), info.world_size)
+        extra += _combine_activations(out, work, all_channels, len(paths), info.world_size, ex.activations_dtype)
+        problem = _activation_range_problem(out / "activations.npy")
+        if problem:
+            notes.append(problem)
+            say(f"WARNING: {problem}", file=sys.stderr)
     images = _concat_keeping_ints([natural, fv_rows] if fv_rows is not None else [natural])
     seeds = {"run": cfg.run.seed, "units": cfg.run.seed if cfg.units.seed is None else cfg.units.seed,
              "weights": model.weights.get("seed"),
@@ -249,7 +259,7 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
                       "candidates_per_side": opts.keep, "pass_precision": precision,
                       "final_precision": "fp32 (the pass itself)" if exact_pass else "fp32 (candidates re-scored, TF32 off)", "channels_last": ex.channels_last,
                       "dedupe_hamming": ex.dedupe_hamming, "tie_break": "lower image index first",
-                      "save_activations": ex.save_activations},
+                      "save_activations": ex.save_activations, "activations_from": ex.activations_from},
         "sampling": {"per_group": cfg.units.per_group, "explicit": cfg.units.explicit, "file": cfg.units.file,
                      "method": "uniform without replacement over the (layer, channel) pairs of each group"},
         "feature_vis": fv_params if fv_params is not None else {"per_unit": 0, "skipped": True},
@@ -284,6 +294,34 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
     return out
 
 
+def _lists_from_saved(src: Path, paths: list[str], pp: Preprocess, model: LoadedModel, ex, units: pd.DataFrame,
+                      keep: int):
+    """Candidate lists from an earlier set's ``activations.npy``, after checking that it was made
+    from the same collection, preprocessing, model, weights, statistic and ReLU side."""
+    import json
+
+    mpath = src / "manifest.json"
+    if not (src / "activations.npy").is_file() or not mpath.is_file():
+        raise ValueError(f"--activations-from {src}: no activations.npy / manifest.json there "
+                         f"(make that set with --save-activations)")
+    m = json.loads(mpath.read_text())
+    p = m["parameters"]
+    checks = {"collection files": (p["collection"]["paths_sha256"], sha256_json(paths)),
+              "preprocessing": (p["collection"]["preprocess"], pp.to_dict()),
+              "model": (m["model"]["name"], model.name),
+              "weights": (m["model"]["weights"].get("sha256") or m["model"]["weights"].get("identity"),
+                          model.weights.get("sha256") or model.weights.get("identity")),
+              "statistic": (p["exemplars"]["statistic"], ex.statistic), "relu": (p["exemplars"]["relu"], ex.relu)}
+    bad = [f"{k} ({a!r} there, {b!r} here)" for k, (a, b) in checks.items() if a != b]
+    if bad:
+        raise ValueError(f"--activations-from {src}: made differently: " + "; ".join(bad))
+    arr = np.load(src / "activations.npy", mmap_mode="r")
+    lists = lists_from_activations(arr, pd.read_csv(src / "activations_columns.csv"), units, keep)
+    sk = pd.read_csv(src / SKIPPED_TABLE, dtype={"reason": str})
+    cv = pd.read_csv(src / CONVERTED_TABLE, dtype={"conversion": str})
+    return lists, list(zip(sk["index"].astype(int), sk.reason)), list(zip(cv["index"].astype(int), cv.conversion))
+
+
 def _concat_keeping_ints(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate image rows of different kinds. Integer columns of one kind (image_index, the
     renderer's 64-bit seeds) would turn into floats next to the other kind's empty cells and lose
@@ -293,10 +331,28 @@ def _concat_keeping_ints(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _combine_activations(out: Path, work: Path, all_channels: dict[str, int], n: int, world: int) -> list[str]:
-    """One ``activations.npy`` (images x channels, float16, NaN rows for skipped files) in collection
+def _activation_range_problem(path: Path) -> str | None:
+    """float16 holds 6e-8..65504: say so when saved activations overflowed or mostly underflowed."""
+    arr = np.load(path, mmap_mode="r")
+    if arr.dtype != np.float16:
+        return None
+    n_inf = n_zero = n = 0
+    for s in range(0, arr.shape[0], 4096):
+        a = np.asarray(arr[s : s + 4096])
+        n_inf += int(np.isinf(a).sum())
+        n_zero += int((a == 0).sum())
+        n += int((~np.isnan(a)).sum())
+    if n_inf or n_zero > 0.5 * max(n, 1):
+        return (f"activations.npy: float16 cannot hold these activations ({n_inf} infinite, {n_zero} of {n} zero); "
+                f"save them again with activations_dtype = 'float32' before re-using them")
+    return None
+
+
+def _combine_activations(out: Path, work: Path, all_channels: dict[str, int], n: int, world: int,
+                         dtype: str = "float16") -> list[str]:
+    """One ``activations.npy`` (images x channels, NaN rows for skipped files) in collection
     order, from the per-rank shards (which need a shared file system under torchrun)."""
-    arr = np.lib.format.open_memmap(out / "activations.npy", mode="w+", dtype=np.float16,
+    arr = np.lib.format.open_memmap(out / "activations.npy", mode="w+", dtype=np.dtype(dtype),
                                     shape=(n, sum(all_channels.values())))
     for r in range(world):
         part = np.load(work / f"activations_rank{r}.npy", mmap_mode="r")

@@ -177,12 +177,20 @@ def test_torchrun_two_processes_write_the_same_set(collection, tmp_path):
     assert (tmp_path / "one" / "skipped_files.csv").read_text() == (tmp_path / "two" / "skipped_files.csv").read_text()
 
 
-def test_resume_after_a_crash_reuses_the_pass_and_saves_activations(collection, made_set, tmp_path, monkeypatch):
+def test_resume_after_a_crash_reuses_the_pass_and_saves_activations(collection, made_set, tmp_path, monkeypatch, capsys):
     import stimuli_gen.pipeline as P
 
     out = tmp_path / "tiny-set"
     args = ["--out", str(out), "--collection", str(collection), "--units-per-group", "1", "--k", "3", "--spares", "1",
             "--fv-per-unit", "0", "--seed", "4", "--save-activations", *SMALL]
+    f16 = cli.main([*args[:1], str(tmp_path / "f16"), *args[2:]])  # random weights: activations ~1e-8
+    assert f16 == 0
+    notes = json.loads((tmp_path / "f16" / "manifest.json").read_text())["notes"]
+    assert any("float16 cannot hold these activations" in n for n in notes)
+    capsys.readouterr()
+    assert cli.main([*args[:1], str(tmp_path / "x"), *args[2:-len(SMALL)], *SMALL, "--activations-from", str(tmp_path / "f16")]) == 1
+    assert "are constant or infinite" in capsys.readouterr().err
+    args += ["--activations-dtype", "float32"]
     real_choose = P.choose_exemplars
     monkeypatch.setattr(P, "choose_exemplars", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
@@ -196,8 +204,24 @@ def test_resume_after_a_crash_reuses_the_pass_and_saves_activations(collection, 
     act = np.load(out / "activations.npy")
     columns = pd.read_csv(out / "activations_columns.csv")
     assert act.shape == (25, 256 + 480 + 512 * 3 + 528 + 832 * 2 + 1024) and len(columns) == act.shape[1]
+    assert act.dtype == np.float32
     assert np.isnan(act[24]).all() and not np.isnan(act[:24]).any()  # row 24 is the broken file
     assert "activations.npy" in json.loads((out / "manifest.json").read_text())["files"]
+
+    # a later set picks its exemplars from these activations without a pass (float16 preselection,
+    # then fp32 re-scoring): the same exemplars as the direct run
+    again = tmp_path / "from-saved"
+    base = [a for a in args if a not in ("--save-activations",)][:-2]
+    base[base.index(str(out))] = str(again)
+    assert cli.main(base + ["--activations-from", str(out)]) == 0
+    got, want = load_stimulus_set(again).images, load_stimulus_set(made_set).images
+    same = ["unit_id", "kind", "rank", "image_index", "source"]
+    assert got[same].equals(want[same])
+    np.testing.assert_allclose(got.activation, want.activation, rtol=1e-4)  # re-scored in other batches
+    assert (again / "skipped_files.csv").read_text() == (made_set / "skipped_files.csv").read_text()
+    capsys.readouterr()
+    assert cli.main(base + ["--activations-from", str(out), "--statistic", "max", "--overwrite"]) == 1
+    assert "made differently: statistic ('mean' there, 'max' here)" in capsys.readouterr().err
 
 
 def _no_new_images(run_pass):
