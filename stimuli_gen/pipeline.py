@@ -78,7 +78,11 @@ def _units(cfg: GeneratorConfig, model: LoadedModel, groups: dict[str, list[str]
 
 
 def _workers(n: int) -> int:
-    return max(0, min((os.cpu_count() or 1) - 1, 16)) if n < 0 else n
+    """-1: the node's cores (less one) shared among the ranks torchrun started on this node, at most 16."""
+    if n >= 0:
+        return n
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(((os.cpu_count() or 1) - 1) // max(per_node, 1), 16))
 
 
 def _relative_source(path: str, root: Path) -> str:
