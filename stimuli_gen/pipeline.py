@@ -124,10 +124,6 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
     if out.exists() and not cfg.run.resume:
         if existing and not cfg.run.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it or --resume to continue it")
-    D.barrier(info)  # every rank has checked before rank 0 removes anything
-    if info.is_main and cfg.run.overwrite and not cfg.run.resume and out.exists():
-        shutil.rmtree(out)
-    D.barrier(info)
     source = col.source
     if source == "builtin":
         if info.is_main:
@@ -167,6 +163,11 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         f"{precision}, {opts.workers} loader workers")
 
     # ---- the exemplar pass over this rank's shard ----
+    # every check has passed on every rank: only now may --overwrite remove the old set
+    D.barrier(info)
+    if info.is_main and cfg.run.overwrite and not cfg.run.resume and out.exists():
+        shutil.rmtree(out)
+    D.barrier(info)
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     all_channels = ({l: model.net.channels[l] for l in model.net.layer_names if any(l in v for v in groups.values())}

@@ -107,6 +107,10 @@ def test_errors_before_any_work(extra, message, collection, tmp_path, capsys, no
 def test_existing_output_needs_overwrite(made_set, collection, capsys, no_pass):
     assert cli.main(["--out", str(made_set), "--collection", str(collection), *SMALL]) == 1
     assert "pass --overwrite" in capsys.readouterr().err
+    # a failing check never costs the old set, even with --overwrite
+    assert cli.main(["--out", str(made_set), "--collection", str(collection), "--overwrite", "--units", "inception4a:999",
+                     *SMALL]) == 1
+    assert load_stimulus_set(made_set).verify_files() == []
 
 
 def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeypatch):
