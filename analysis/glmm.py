@@ -549,14 +549,15 @@ def fit_all(trials: pd.DataFrame, opts: ModelOptions) -> list[ModelFit]:
 def fixed_effects_table(fits: list[ModelFit]) -> pd.DataFrame:
     """Contract table ``fixed_effects`` for all models; non-estimable models get one row saying so."""
     cols = ["model", "term", "estimate", "se", "ci_low", "ci_high", "z", "p_value", "scale", "outcome",
-            "se_method", "status", "se_model"]
+            "se_method", "status", "se_model", "message"]
     out = []
     for f in fits:
         if f.fixed.empty:
             out.append(pd.DataFrame([{"model": f.name, "term": "(not estimable)", "estimate": np.nan, "se": np.nan,
                                       "ci_low": np.nan, "ci_high": np.nan, "scale": f.scale, "outcome": f.outcome,
-                                      "se_method": f.se_method, "status": f.status}]))
+                                      "se_method": f.se_method, "status": f.status,
+                                      "message": " | ".join(f.warnings)}]))
         else:
             out.append(f.fixed.assign(model=f.name, scale=f.scale, outcome=f.outcome, se_method=f.se_method,
-                                      status=f.status))
+                                      status=f.status, message=" | ".join(f.warnings)))
     return pd.concat(out, ignore_index=True).reindex(columns=cols)

@@ -127,7 +127,7 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
         "inputs": provenance,
         "exclusions": excl.summary,
         "options": {**asdict(opts), "bootstrap": f"percentile, participants resampled, B={opts.n_boot}, seed={opts.seed}",
-                    "model_seed": opts.seed},
+                    "model_options": asdict(mopts)},
         "software": software_versions(SOFTWARE),
         "outputs": outputs,
         "models": [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in f.summary_row().items()} for f in fits],
@@ -199,7 +199,13 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
                        "Joint Wald chi-square tests of contrasts of model-based means with equal weights over the "
                        "other factors (emmeans-style). glmm_trial (primary): whole-trial correctness; glmm_row: "
                        "per-row correctness with trial-clustered sandwich SEs; mixedlm_cells: linear probability "
-                       "cross-check."))
+                       "cross-check that ignores unit variance, so its layer test is overconfident when units "
+                       "differ in difficulty."))
+        shaky = [f"{f.name} ({f.status})" for f in fits if f.status != "ok"]
+        if shaky:
+            B.append(Block("p", "Caution: " + ", ".join(shaky) + " — see the warnings; tests of a model whose status "
+                                "is not 'ok' are not evidence until the warning is understood (separation: estimates "
+                                "set by the prior; not_estimable: no fit)."))
     else:
         B.append(Block("p", "No models were fitted."))
     B.append(Block("h2", "Accuracy by condition"))

@@ -59,7 +59,7 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append((f"*{b.caption}*\n\n" if b.caption else "") + _table_md(b.content))
         elif b.kind == "figure":
             rel = Path(b.content).as_posix()
-            out.append(f"![{b.caption}]({rel})\n\n*{b.caption}*")
+            out.append(f"![{Path(rel).stem}]({rel})\n\n*{b.caption}*")
         elif b.kind == "pre":
             out.append("```\n" + str(b.content) + "\n```")
     return "\n\n".join(out) + "\n"
@@ -95,7 +95,7 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
             parts.append(cap + _table_html(b.content))
         elif b.kind == "figure":
             data = base64.b64encode((folder / b.content).read_bytes()).decode("ascii")
-            parts.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
+            parts.append(f"<figure><img alt='{html.escape(Path(b.content).stem)}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
         elif b.kind == "pre":
             parts.append(f"<pre>{html.escape(str(b.content))}</pre>")
