@@ -118,3 +118,15 @@ def test_same_session_twice_is_refused(sessions, tmp_path):
     shutil.copytree(folders[0], tmp_path / "copy" / "sub-S01_ses-01")
     with pytest.raises(InputError, match="duplicate session"):
         load_sessions([root, tmp_path / "copy"])
+
+
+def test_missing_trials_file_and_bad_session_json(sessions):
+    root, folders = sessions
+    (folders[0] / "trials.csv").unlink()
+    with pytest.raises(ContractError, match=r"sub-S01_ses-01/trials.csv: file not found"):
+        load_sessions([root])
+    info = json.loads((folders[1] / "session.json").read_text())
+    info["status"] = "finished"
+    (folders[1] / "session.json").write_text(json.dumps(info))
+    with pytest.raises(ContractError, match=r"sub-S02_ses-01/session.json: field 'status' is 'finished'"):
+        load_sessions([folders[1]])
