@@ -114,6 +114,17 @@ def strict_fp32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """Let cuDNN time its convolution algorithms once per input shape (the pass has one or two)."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on or old
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
 def pass_fingerprint(**parts) -> str:
     return sha256_json(parts)
 
@@ -171,7 +182,8 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
         loader = make_loader(ImageDataset(paths, indices[position:], pp, opts.decoder), opts.batch_size, opts.workers, device)
         bar = _progress(len(indices), position, progress)
         last_save = time.monotonic()
-        with torch.inference_mode(), (strict_fp32() if precision == "fp32" else contextlib.nullcontext()):
+        with torch.inference_mode(), (strict_fp32() if precision == "fp32" else contextlib.nullcontext()), \
+                cudnn_benchmark(device.type == "cuda"):
             for batch, crops, index in prefetch_to_device(loader, paths, pp, device):
                 if len(index):
                     x = crops.float().div_(255.0)
