@@ -129,7 +129,8 @@ def test_two_gloo_processes_equal_one(setup, one_process, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "merged.pt"
-    mp.start_processes(_worker, args=(2, port, paths, units, out), nprocs=2, join=True, start_method="fork")
+    # spawn, not fork: a fork after other tests used OpenMP threads can hang the children
+    mp.start_processes(_worker, args=(2, port, paths, units, out), nprocs=2, join=True, start_method="spawn")
     got = torch.load(out, weights_only=True)
     assert got["seen"] == [15, 15]
     want = one_process.lists.state_dict()
