@@ -16,6 +16,7 @@ Public interface (used by the pipeline)::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -35,8 +36,7 @@ import torch.nn.functional as F
 from contracts.common import sha256_file, sha256_json, write_json_atomic
 from contracts.stimulus_set import image_relpath
 from stimuli_gen import transforms as T
-from stimuli_gen.objectives import (BatchPlan, batch_loss, mean_pairwise, redirected_relu, unit_activations,
-                                    unit_gram_similarity)
+from stimuli_gen.objectives import BatchPlan, batch_loss, redirected_relu, unit_activations, unit_gram_similarity
 from stimuli_gen.param import FourierImage
 
 KIND = "feature_vis"
@@ -157,10 +157,12 @@ class RenderConfig:
         )
         return d
 
-    def image_fingerprint(self, model_identity: Any) -> str:
-        """What determines the images (not batch size or compilation): checkpoints must match it."""
-        skip = {"batch_size", "max_batch_size", "compile", "compile_backend", "compile_min_steps"}
-        return sha256_json({"cfg": {k: v for k, v in self.to_dict().items() if k not in skip}, "model": model_identity})
+    def image_fingerprint(self, model_identity: Any, amp: bool) -> str:
+        """What determines the images (not batch size, compilation or memory layout): checkpoints must match it."""
+        skip = {"batch_size", "max_batch_size", "compile", "compile_backend", "compile_min_steps", "amp",
+                "channels_last"}
+        cfg = {k: v for k, v in self.to_dict().items() if k not in skip}
+        return sha256_json({"cfg": cfg, "amp_bf16": amp, "model": model_identity})
 
 
 def image_seed(seed: int, unit_id: str, rank: int) -> int:
@@ -361,14 +363,16 @@ def auto_batch_size(net, cfg: RenderConfig, rt: Runtime, deepest: str, channel: 
 def _model_identity(model) -> tuple[Any, Any]:
     """``(FeatureNet, identity)`` from a LoadedModel or a bare FeatureNet (hash of its weights)."""
     net = getattr(model, "net", model)
-    weights = getattr(model, "weights", None)
-    if weights is None or weights.get("source") == "random" or weights.get("sha256") is None:
+    weights = getattr(model, "weights", None) or {}
+    if weights.get("sha256"):
+        ident = {"weights_sha256": weights["sha256"]}  # the file's hash, wherever it lives
+    else:
         h = hashlib.sha256()
         for k, v in net.state_dict().items():
             h.update(k.encode())
             h.update(v.detach().float().cpu().numpy().tobytes())
-        weights = {"params_sha256": h.hexdigest()}
-    return net, {"name": getattr(model, "name", type(net).__name__), "weights": weights}
+        ident = {"params_sha256": h.hexdigest()}
+    return net, {"name": getattr(model, "name", type(net).__name__), **ident}
 
 
 def _write_png_atomic(path: Path, img_u8: torch.Tensor) -> str:
@@ -475,7 +479,7 @@ def render_feature_visualizations(model, units_df: pd.DataFrame, cfg: RenderConf
     set_root = Path(set_root)
     rank, world = _dist()
     rt = Runtime.resolve(cfg, _resolve_device(device))
-    fingerprint = cfg.image_fingerprint(identity)
+    fingerprint = cfg.image_fingerprint(identity, rt.amp)
 
     done: dict[str, list[dict]] = {}
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -534,21 +538,36 @@ def _render_units(net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runtime, set_r
                bar_format="{l_bar}{bar}| {n:.1f}/{total} vis [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
     t0 = time.perf_counter()
     n_steps_done = 0
+    queue = collections.deque(batches)
     try:
-        for b in batches:
+        while queue:
+            b = queue.popleft()
             uids = list(b.unit_id)
             plan = BatchPlan(list(b.layer), [int(c) for c in b.channel], cfg.n_vis, rt.device)
             seeds = [image_seed(cfg.seed, u, r) for u in uids for r in range(cfg.n_vis)]
             key = deepest_layer(net, plan.layers)
+            shown = 0.0
 
             def on_step(step: int, n_img=plan.batch_size) -> None:
-                nonlocal n_steps_done
+                nonlocal n_steps_done, shown
                 n_steps_done += 1
+                shown += n_img / cfg.steps
                 bar.update(n_img / cfg.steps)
                 if step % 16 == 0 or step == cfg.steps - 1:
                     bar.set_postfix_str(f"{n_steps_done / (time.perf_counter() - t0):.2f} steps/s, batch {n_img}")
 
-            res = optimize_batch(net, plan, seeds, cfg, rt, on_step=on_step, work_steps=work[key])
+            try:
+                res = optimize_batch(net, plan, seeds, cfg, rt, on_step=on_step, work_steps=work.get(key, 0))
+            except torch.OutOfMemoryError:
+                # The memory estimate was too optimistic: split the batch (images do not depend on
+                # their batch) and go on with smaller ones.
+                if len(b) < 2:
+                    raise
+                bar.update(-shown)
+                torch.cuda.empty_cache()
+                half = len(b) // 2
+                queue.extendleft([b.iloc[half:], b.iloc[:half]])
+                continue
             rows_b, pngs = _finish_batch(net, plan, uids, seeds, res, cfg, rt, set_root)
             if ckpt is not None:
                 write_json_atomic(_batch_file(ckpt, uids), {"fingerprint": fingerprint, "unit_ids": uids,

@@ -228,6 +228,22 @@ def test_resume_after_an_interrupted_batch_gives_the_same_images(lucid, tmp_path
     assert calls == []  # everything finished: nothing rendered again
 
 
+def test_out_of_memory_splits_the_batch(lucid, tmp_path, monkeypatch):
+    u = units(("mixed3a", 1), ("mixed3b", 2), ("mixed4a", 3))
+    c = cfg(n_vis=2, steps=3, batch_size=6)
+    real, sizes = R.optimize_batch, []
+
+    def small_memory(net, plan, *a, **kw):
+        sizes.append(plan.batch_size)
+        if plan.batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(net, plan, *a, **kw)
+
+    monkeypatch.setattr(R, "optimize_batch", small_memory)
+    rows = R.render_feature_visualizations(lucid, u, c, tmp_path, progress=False)
+    assert sizes == [6, 2, 4, 2, 2] and len(rows) == 6 and rows.unit_id.nunique() == 3
+
+
 def test_corrupt_missing_or_foreign_checkpoint_gives_clear_error(lucid, tmp_path):
     u = units(("mixed3a", 1))
     c = cfg(n_vis=1, steps=2)
