@@ -241,3 +241,21 @@ def _no_new_images(run_pass):
             E.make_loader = real
 
     return wrapped
+
+
+def test_demo_path_builtin_collection_and_weights_auto(tmp_path, monkeypatch, capsys):
+    """``--collection builtin --weights auto`` as the demo calls it; with an empty torch cache
+    ``auto`` falls back to random weights and says so loudly in the log and the manifest."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-cache"))
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--collection", "builtin", "--builtin-dir", str(tmp_path / "builtin"), "--weights", "auto",
+            "--units", "inception3a:1", "--k", "2", "--spares", "0", "--fv-per-unit", "0", "--seed", "0",
+            *[a for a in SMALL if a not in ("--weights", "random")]]
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert "RANDOM WEIGHTS" in err and "--weights auto fell back to RANDOM WEIGHTS" in err
+    s = load_stimulus_set(out)
+    assert s.random_weights and any("fell back" in n for n in s.manifest["notes"])
+    assert len(list((tmp_path / "builtin").glob("*/*.jpg"))) == s.manifest["parameters"]["collection"]["n_listed"] == 108
+    assert cli.main(args) == 1 and "pass --overwrite" in capsys.readouterr().err
+    assert cli.main(args + ["--overwrite"]) == 0
