@@ -11,7 +11,9 @@ Measures in one run, same device and model:
     on CUDA, batch size from free memory, including saving and measuring the PNGs.
 
 Both are timed over a few steps after warm-up and extrapolated to 512 steps (stated in the output):
-(b) counts the 17 redirected-ReLU steps at the eager speed and the rest at the (compiled) speed.
+(b) counts the 17 redirected-ReLU steps at the eager speed and the rest at the (compiled) speed;
+compilation time is printed separately, not included. On CPU the median step time is used, since
+the cores are often shared and single steps stall.
 Prints visualizations/s at 512 steps for both, their ratio, the batch size and the device.
 Goal on one H100 at 224 px: >= 20 visualizations/s and >= 50x the one-at-a-time baseline.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -73,18 +76,26 @@ def time_one_at_a_time(net, layer: str, channel: int, cfg: R.RenderConfig, devic
     opt = torch.optim.Adam([image.spectrum], lr=cfg.lr)
     rng = random.Random(0)
     last = net.layer_names[-1]
-    t0 = 0.0
+    stamps = []
     for step in range(warmup + timed):
-        if step == warmup:
-            sync(device)
-            t0 = time.perf_counter()
         acts = net.forward_layers(lucent_transform(image(), cfg, rng), [layer, last])
         loss = -acts[layer][:, channel].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    sync(device)
-    return (time.perf_counter() - t0) / timed
+        if step >= warmup - 1:
+            sync(device)
+            stamps.append(time.perf_counter())
+    return robust_step_time(stamps, device)
+
+
+def robust_step_time(stamps: list[float], device: torch.device) -> float:
+    """Seconds per step from consecutive step stamps: the median on a (shared, noisy) CPU, the mean
+    over the window on CUDA (stamps only at the window's ends there, so the GPU queue never drains)."""
+    d = [b - a for a, b in zip(stamps, stamps[1:])]
+    if device.type == "cuda":
+        return (stamps[-1] - stamps[0]) / max(len(d), 1)
+    return statistics.median(d)
 
 
 # ---- (b) the batched generator ---------------------------------------------------------------------
@@ -100,7 +111,7 @@ def time_batched(net, units, cfg: R.RenderConfig, device: torch.device, warm: in
     per_batch = cfg.batch_size or R.auto_batch_size(net, cfg, rt, deepest)
     per_batch = max(1, per_batch // cfg.n_vis) * cfg.n_vis
     batches = R.schedule(units, net.layer_names, per_batch // cfg.n_vis)
-    redirect = min(cfg.redirect_relu_steps, max(warm, 2))
+    redirect = min(cfg.redirect_relu_steps, 3)
     total = 0.0
     for b in batches:
         plan = BatchPlan(list(b.layer), [int(c) for c in b.channel], cfg.n_vis, device)
@@ -108,25 +119,28 @@ def time_batched(net, units, cfg: R.RenderConfig, device: torch.device, warm: in
         stamps: dict[int, float] = {}
         # Step 0 (first call) and step ``redirect`` (compilation) are warm-up; eager speed is timed over
         # steps 1..redirect-1, the compiled speed over the last ``timed`` steps.
-        marks = {0, redirect - 1, redirect + warm - 1, redirect + warm + timed - 1}
+        marks = {0, redirect - 1, redirect, redirect + warm - 1, redirect + warm + timed - 1}
 
         def on_step(step: int) -> None:
-            if step in marks:
+            if step in marks or device.type != "cuda":
                 sync(device)
                 stamps[step] = time.perf_counter()
 
         run_cfg = R.RenderConfig(**{**cfg.__dict__, "steps": redirect + warm + timed, "redirect_relu_steps": redirect})
         res = R.optimize_batch(net, plan, seeds, run_cfg, rt, on_step=on_step, work_steps=len(batches) * LUCID_STEPS)
-        t_eager = (stamps[redirect - 1] - stamps[0]) / max(redirect - 1, 1)
-        t_fast = (stamps[redirect + warm + timed - 1] - stamps[redirect + warm - 1]) / timed
+        window = lambda a, b: [stamps[i] for i in range(a, b + 1) if i in stamps]  # noqa: E731
+        t_eager = robust_step_time(window(0, redirect - 1), device)
+        t_fast = robust_step_time(window(redirect + warm - 1, redirect + warm + timed - 1), device)
         t0 = time.perf_counter()
         R._finish_batch(net, plan, list(b.unit_id), seeds, res, cfg, rt, out_dir)  # save + measure PNGs
         t_finish = time.perf_counter() - t0
+        first_fast = stamps[redirect] - stamps[redirect - 1]  # includes compiling, if any
         n_red = min(cfg.redirect_relu_steps, LUCID_STEPS)
         total += n_red * t_eager + (LUCID_STEPS - n_red) * t_fast + t_finish
         print(f"    batch of {plan.batch_size} (layers {','.join(dict.fromkeys(plan.layers))}): "
               f"{t_eager * 1000:.0f} ms/step eager (redirected ReLU), {t_fast * 1000:.0f} ms/step after, "
-              f"{t_finish:.2f} s to save and measure")
+              f"{t_finish:.2f} s to save and measure; first step after the redirected ones {first_fast:.1f} s "
+              f"(compilation, not counted)")
     if rt.channels_last:
         net.to(memory_format=torch.contiguous_format)
     return total, per_batch, rt.describe()

@@ -356,6 +356,7 @@ def auto_batch_size(net, cfg: RenderConfig, rt: Runtime, deepest: str, channel: 
     probe = dataclasses.replace(cfg, steps=1, redirect_relu_steps=0, compile=False)
     optimize_batch(net, plan, list(range(plan.batch_size)), probe, dataclasses.replace(rt, compile=False))
     per_image = (torch.cuda.max_memory_allocated(rt.device) - base) / plan.batch_size
+    torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(rt.device)
     return int(max(cfg.n_vis, min(cfg.max_batch_size, 0.7 * free / max(per_image, 1.0))))
 
