@@ -306,7 +306,7 @@ def choose_exemplars(lists: ExtremeLists, values: dict[int, torch.Tensor] | None
                 for val, i in zip(v[u].tolist(), idx[u].tolist()):
                     if i != EMPTY_INDEX:
                         values.setdefault(i, torch.full((len(units),), float("nan")))[u] = val
-    rows = []
+    rows, boundary = [], []
     for kind, side in (("natural_max", "max"), ("natural_min", "min")):
         pass_vals, idx = res[side]
         for u, unit_id in enumerate(units.unit_id):
@@ -319,10 +319,16 @@ def choose_exemplars(lists: ExtremeLists, values: dict[int, torch.Tensor] | None
                 raise ValueError(f"unit {unit_id}: only {len(picked)} usable {kind} exemplars among "
                                    f"{len(cand)} candidates, need {n} (collection too small after skipped files, "
                                    f"or too many near-duplicates: raise --margin or lower --dedupe-hamming)")
+            if len(cand) == lists.top.k and cand[-1] in picked:
+                # the last candidate of the pass made it into the final set: an image just outside the
+                # candidates might have too, so the candidate margin is too small for this unit
+                boundary.append(f"{unit_id} {kind}")
             for rank, i in enumerate(picked):
                 rows.append({"unit_id": unit_id, "kind": kind, "rank": rank, "activation": float(values[i][u]),
                              "image_index": i, "pass_activation": pass_of[i]})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["boundary"] = boundary
+    return out
 
 
 def write_crops(rows: pd.DataFrame, paths: list[str], pp: Preprocess, root: os.PathLike, threads: int = 8) -> None:

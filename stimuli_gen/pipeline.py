@@ -211,6 +211,12 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         natural["spare"] = (natural["rank"] >= ex.k).astype(int)  # 0/1 like the contract booleans
         write_crops(natural, paths, pp, out)
         n_changed = int((natural.activation != natural.pass_activation).sum())
+        if natural.attrs["boundary"] and not exact_pass:
+            msg = (f"the last of the {opts.keep} candidates was chosen for {len(natural.attrs['boundary'])} unit "
+                   f"side(s) (e.g. {natural.attrs['boundary'][0]}): the fp32 ranking may reach beyond the "
+                   f"candidates there; run again with a larger --margin (now {margin})")
+            notes.append(msg)
+            say(f"WARNING: {msg}", file=sys.stderr)
         say(f"exemplars: {len(natural)} crops from {len(cand)} candidates" + (
             "" if exact_pass else f"; fp32 re-scoring changed {n_changed} values of the {precision} pass"))
 

@@ -216,3 +216,15 @@ def test_duplicate_image_is_skipped_only_with_dedupe(model, setup, one_process):
     top = lambda df: df[df.kind == "natural_max"].image_index.tolist()  # noqa: E731
     assert top(plain)[:2] == [best, 30]  # a tie: the lower index first
     assert top(dedup)[0] == best and 30 not in top(dedup) and len(top(dedup)) == 3
+
+
+def test_a_chosen_last_candidate_is_flagged():
+    from stimuli_gen.topk import ExtremeLists
+
+    units = pd.DataFrame({"unit_id": ["u"], "layer": ["l"], "channel": [0]})
+    pass_values = torch.tensor([[3.0], [2.0], [1.0], [0.0]])  # 4 images, keep 3: image 3 is outside
+    lists = ExtremeLists.empty(1, 3).update(pass_values, torch.arange(4))
+    fp32 = {0: torch.tensor([3.0]), 1: torch.tensor([2.0]), 2: torch.tensor([1.0]), 3: torch.tensor([0.0])}
+    assert choose_exemplars(lists, fp32, {}, units, 2).attrs["boundary"] == []
+    fp32[2] = torch.tensor([2.5])  # re-scoring lifts the last candidate into the top 2
+    assert choose_exemplars(lists, fp32, {}, units, 2).attrs["boundary"] == ["u natural_max", "u natural_min"]
