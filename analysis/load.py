@@ -14,7 +14,8 @@ from contracts.session import SESSION_FILE, TRIALS_FILE, read_session_info, read
 
 LAYER_GROUPS = ("early", "middle", "late")
 # Keys of the design config that legitimately differ between participants of one experiment.
-_PER_SESSION_KEYS = ("seed", "participant", "session", "started", "date", "order")
+# Only used for sessions written before schema 1.1, which lack design_sha256.
+_PER_SESSION_KEYS = ("seed", "participant", "session", "started", "date", "order", "counterbalance", "file")
 
 
 class InputError(ValueError):
@@ -123,7 +124,8 @@ def load_sessions(
             "n_trials_planned": info["n_trials_planned"], "n_trials_completed": info["n_trials_completed"],
             "n_rows": len(df), "set_id": st["set_id"], "manifest_sha256": st["manifest_sha256"],
             "random_weights": bool(st.get("random_weights", False)), "simulated": info["simulated"],
-            "design_hash": design_fingerprint(info["design"]),
+            # design_sha256 (session schema 1.1) is the experiment's own fingerprint of the config.
+            "design_hash": info.get("design_sha256") or design_fingerprint(info["design"]),
         })
     sessions = pd.DataFrame(rows)
     sets = sessions[["set_id", "manifest_sha256"]].drop_duplicates()

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from contracts.common import ContractError, check_schema, read_json, read_table, require_fields, write_json_atomic
+from contracts.common import ContractError, check_schema, sha256_json, read_json, read_table, require_fields, write_json_atomic
 
 SCHEMA = "fvmatch.session"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 adds design_sha256
 SESSION_FILE = "session.json"
 TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"
@@ -74,7 +74,7 @@ SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "started": str,
     "ended": (str, type(None)),
     "stimulus_set": dict,  # {"set_id", "path", "manifest_sha256", "random_weights"}
-    "design": dict,  # the full design config as used, including its seed
+    "design": dict,  # the design config as used, plus per-participant keys (counterbalance, file path)
     "seed": int,
     "monitor": dict,  # {"name", "distance_cm", "width_cm", "resolution"}
     "software": dict,
@@ -83,6 +83,12 @@ SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "frame_stats": dict,
     "simulated": (str, type(None)),  # None for a person, else the simulated policy
 }
+
+
+def design_sha256(config: dict) -> str:
+    """Fingerprint of a design config as parsed (not its path): equal for every participant of one
+    design, so the analysis can refuse sessions run with different designs."""
+    return sha256_json(config)
 
 
 def validate_id(value: str, what: str = "participant id") -> str:
@@ -127,6 +133,8 @@ def _validate_session_info(path: Path, info: dict) -> None:
     if info["status"] not in STATUSES:
         raise ContractError(path, f"field 'status' is {info['status']!r}, expected one of {STATUSES}")
     require_fields(path, info["stimulus_set"], {"set_id": str, "manifest_sha256": str}, "stimulus_set.")
+    if "design_sha256" in info and not (isinstance(info["design_sha256"], str) and len(info["design_sha256"]) == 64):
+        raise ContractError(path, "field 'design_sha256' must be a 64-character hex sha256")
 
 
 class TrialLog:

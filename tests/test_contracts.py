@@ -197,3 +197,14 @@ def test_results_round_trip_and_rejection(tmp_path):
     rows["accuracy_by_condition.csv"].to_csv(tmp_path / "accuracy_by_condition.csv", index=False)
     with pytest.raises(ContractError, match="accuracy_by_condition.csv: column 'level', row 1: 'block'"):
         R.load_results(tmp_path)
+
+
+def test_design_sha256_is_path_independent_and_validated(tmp_path):
+    a = S.design_sha256({"design": {"name": "x", "seed": 1}, "monitor": {"distance_cm": 57}})
+    b = S.design_sha256({"monitor": {"distance_cm": 57}, "design": {"seed": 1, "name": "x"}})
+    assert a == b and len(a) == 64
+    assert a != S.design_sha256({"design": {"name": "x", "seed": 2}, "monitor": {"distance_cm": 57}})
+    with pytest.raises(ContractError, match="design_sha256"):
+        S.write_session_info(tmp_path, session_info(design_sha256="abc"))
+    S.write_session_info(tmp_path, session_info(design_sha256=a))
+    assert S.read_session_info(tmp_path)["design_sha256"] == a

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run a command with an X display: the real one if DISPLAY is set, else a virtual one (Xvfb with
-# Mesa GL). Installs Xvfb/Mesa with apt-get when missing and we are root; otherwise says what to do.
+# Mesa GL; xdotool for the tests that click like a person). Installs them with apt-get when missing and we are root; otherwise says what to do.
 set -euo pipefail
-PKGS="xvfb xauth libgl1 libglu1-mesa libgl1-mesa-dri libjack-jackd2-0"
+PKGS="xvfb xauth xdotool libgl1 libglu1-mesa libgl1-mesa-dri libjack-jackd2-0"
 
 have_gl() { ldconfig -p 2>/dev/null | grep -q 'libGL.so.1' && ldconfig -p 2>/dev/null | grep -q 'libGLU.so.1'; }
 have_jack() { ldconfig -p 2>/dev/null | grep -q 'libjack.so.0'; }
@@ -11,7 +11,7 @@ if [ -n "${DISPLAY:-}" ] && [ -z "${FVMATCH_FORCE_XVFB:-}" ]; then
   exec "$@"
 fi
 
-if ! command -v xvfb-run >/dev/null || ! have_gl || ! have_jack; then
+if ! command -v xvfb-run >/dev/null || ! command -v xdotool >/dev/null || ! have_gl || ! have_jack; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "with-display: installing $PKGS (apt-get)" >&2
     export DEBIAN_FRONTEND=noninteractive
