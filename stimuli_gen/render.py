@@ -82,9 +82,9 @@ class RenderConfig:
     max_batch_size: int = 512
     amp: bool | None = None  # bf16 autocast for the network; None: on CUDA only
     channels_last: bool | None = None  # None: on CUDA only
-    compile: bool | str = "auto"  # "auto": torch.compile on CUDA for layer sets with enough work to pay
+    compile: bool | str = "auto"  # "auto": on CUDA, compile the graph of a deepest layer when enough work stops there
     compile_backend: str = "inductor"
-    compile_min_steps: int = 3000  # "auto" compiles a layer set when its batches take at least this many steps
+    compile_min_steps: int = 3000  # "auto": steps that must stop at that layer in all (a guess, untuned)
     curve_points: int = 33  # activation curve subsampled to this many steps
 
     def __post_init__(self) -> None:
@@ -527,7 +527,7 @@ def _render_units(net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runtime, set_r
     per_batch = cfg.batch_size or auto_batch_size(net, cfg, rt, deepest)
     units_per_batch = max(1, per_batch // cfg.n_vis)
     batches = schedule(todo, net.layer_names, units_per_batch)
-    # Steps each layer set will run (for "compile where it pays").
+    # Steps run by the batches stopping at each layer (for "compile where it pays").
     work: dict[str, int] = {}
     for b in batches:
         key = deepest_layer(net, b.layer)
