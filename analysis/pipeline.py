@@ -240,7 +240,10 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
                         "posterior at the estimate, conditional on the variance components (as in lme4), because the "
                         "variational posterior SDs (fe_sd) are known to be far too small. Cross-check: MixedLM on "
                         "per-participant cell accuracy (effects are differences in accuracy, not logits; it ignores "
-                        "unit variance)."))
+                        "unit variance). Validation by simulation (analysis/README.md): with about 10 units per layer group, "
+                        "95% intervals of within-participant effects (trial type, n) covered the truth in 92-97% of "
+                        "replicates, those of the layer effect (a between-unit contrast) in about 89%, because they "
+                        "are conditional on the estimated unit variance (as lme4's Wald intervals are)."))
     if "model_means" in figs:
         B.append(Block("figure", figs["model_means"].as_posix(),
                        "Model-based probability correct for a typical participant and unit, averaged over n on the "
