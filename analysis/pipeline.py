@@ -104,7 +104,9 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
               ("accuracy", lambda: plots.accuracy_figure(part, cond, title)),
               ("model_means", lambda: plots.model_means_figure({f.name: f.contrasts for f in fits if f.scale == "logit"})),
               ("rt", lambda: plots.rt_figure(trials)))
-    for stem, make in makers if opts.figures else ():
+    if opts.figures and trials.empty:
+        warns.append("no trials left to analyse: no figures made")
+    for stem, make in makers if opts.figures and not trials.empty else ():
         fig = make()
         if fig is not None:
             paths = plots.save(fig, figs, stem)

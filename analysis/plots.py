@@ -66,7 +66,7 @@ def accuracy_figure(part: pd.DataFrame, cond: pd.DataFrame, title: str = "") -> 
                 m = cond[(cond.level == level) & (cond.trial_type == ttype) & (cond.n_images == n)]
                 m = m.set_index("layer_group").reindex(layers)
                 xm = np.arange(len(layers)) + off
-                yerr = np.vstack([m.accuracy - m.ci_low, m.ci_high - m.accuracy])
+                yerr = np.vstack([m.accuracy - m.ci_low, m.ci_high - m.accuracy]).astype(float)
                 ax.errorbar(xm, m.accuracy, yerr=np.where(np.isfinite(yerr), yerr, 0), fmt="o-", color=palette[n],
                             ms=6, lw=1.3, capsize=2.5, mec="white", mew=0.6, zorder=3,
                             label=f"n = {n}" if (r == 0 and c == 0) else None)
@@ -109,7 +109,7 @@ def accuracy_summary_figure(part: pd.DataFrame, cond: pd.DataFrame, title: str =
             ax.scatter(x + rng.uniform(-0.04, 0.04, len(x)), p.accuracy, s=10, color=colors[t], alpha=0.35,
                        linewidths=0, zorder=2)
             m = cond[(cond.level == level) & (cond.trial_type == t)].set_index("layer_group").reindex(layers)
-            yerr = np.vstack([m.accuracy - m.ci_low, m.ci_high - m.accuracy])
+            yerr = np.vstack([m.accuracy - m.ci_low, m.ci_high - m.accuracy]).astype(float)
             ax.errorbar(np.arange(len(layers)) + off, m.accuracy, yerr=np.where(np.isfinite(yerr), yerr, 0),
                         fmt="o-", color=colors[t], ms=7, lw=1.6, capsize=3, mec="white", mew=0.7, zorder=3,
                         label=TYPE_LABEL.get(t, t))

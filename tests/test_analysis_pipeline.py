@@ -86,3 +86,14 @@ def test_unestimable_models_are_reported_not_fatal(tmp_path, capsys):
     assert (fx.status == "not_estimable").all() and (fx.term == "(not estimable)").all() and fx.estimate.isna().all()
     md = (tmp_path / "r" / "report.md").read_text()
     assert "glmm_trial — not_estimable" in md and "(model not estimable)" in md
+
+
+def test_everyone_excluded_still_writes_valid_results(tmp_path, capsys):
+    spec = SimulationSpec(n_participants=2, reps_per_cell=1, n_catch=4, n_inattentive=2, experiment="inatt")
+    write_sessions(tmp_path / "s", spec, seed=2)
+    assert main([str(tmp_path / "s" / "inatt"), "--out", str(tmp_path / "r"), "--n-as", "numeric"]) == 0
+    assert "no trials left to analyse" in capsys.readouterr().err
+    info, tables = load_results(tmp_path / "r")
+    assert all(t.empty for t in tables.values())
+    assert len(info["exclusions"]["excluded_participants"]) == 2
+    assert "S01 (catch-trial accuracy" in (tmp_path / "r" / "report.md").read_text()
