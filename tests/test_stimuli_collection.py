@@ -175,3 +175,20 @@ def test_prefetch_keeps_order_and_passes_errors_on(tmp_path):
 
     with pytest.raises(ValueError, match="loader broke"):
         list(C.prefetch_to_device(failing(), paths, PP, torch.device("cpu")))
+
+
+def test_huge_jpeg_is_drafted_and_bombs_are_skipped(tmp_path, monkeypatch):
+    """Scaled down: PIL's limit lowered so that a 400x300 JPEG counts as huge (decoded at reduced DCT
+    scale, never below twice the resize target) and a 600x450 one as a decompression bomb."""
+    big = photo(400, 300, seed=5)
+    big.save(tmp_path / "huge.jpg", quality=95)
+    photo(600, 450).save(tmp_path / "bomb.jpg")
+    pp = C.Preprocess(resize=64, crop=56, min_side=16)
+    full, _ = C.load_crop(str(tmp_path / "huge.jpg"), pp)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    drafted_img, note = C.decode_rgb((tmp_path / "huge.jpg").read_bytes(), pp)
+    assert drafted_img.size == (200, 150)  # 1/2 DCT scale: short side 150 >= 2 x 64
+    drafted, _ = C.load_crop(str(tmp_path / "huge.jpg"), pp)
+    assert (drafted.float() - full.float()).abs().mean() < 3
+    with pytest.raises(C.SkipImage, match="too large"):
+        C.load_crop(str(tmp_path / "bomb.jpg"), pp)
