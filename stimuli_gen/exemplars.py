@@ -269,19 +269,23 @@ def pick_distinct(order: list[int], hashes: dict[int, torch.Tensor], n: int, max
 
 def rescore(net: FeatureNet, paths: list[str], candidate_index: list[int], units: pd.DataFrame, pp: Preprocess,
             statistic: str, relu: str, device: torch.device, batch_size: int = 64, with_values: bool = True,
-            with_hashes: bool = True) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+            with_hashes: bool = True, workers: int = 0) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """fp32 activations ``{image index: U values}`` and/or dhashes of the candidate images, from the
-    PIL path (the crops that are written as exemplar PNGs)."""
+    PIL path (the crops that are written as exemplar PNGs), decoded in ``workers`` processes."""
     reader = UnitReader(units, device)
     values: dict[int, torch.Tensor] = {}
     hashes: dict[int, torch.Tensor] = {}
-    if not (with_values or with_hashes):
+    if not (with_values or with_hashes) or not candidate_index:
         return values, hashes
     net = net.to(device)
+    loader = make_loader(ImageDataset(paths, candidate_index, pp, "pil"), batch_size, workers, device)
     with torch.inference_mode(), strict_fp32():
-        for s in range(0, len(candidate_index), batch_size):
-            chunk = candidate_index[s : s + batch_size]
-            crops = torch.stack([load_crop(paths[i], pp)[0] for i in chunk]).to(device)
+        for batch in loader:
+            if batch.skipped:  # readable during the pass, not now
+                i, reason = batch.skipped[0]
+                raise RuntimeError(f"{paths[i]} can no longer be read ({reason}); was the collection changed?")
+            chunk = batch.pixel_index.tolist()
+            crops = batch.pixels.to(device, non_blocking=True)
             if with_values:
                 acts = net.forward_layers(crops.float() / 255.0, reader.layers, relu=relu)
                 v = reader(acts, statistic).cpu()

@@ -204,7 +204,7 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         # torchvision decoder); hashes only for near-duplicate skipping
         exact_pass = precision == "fp32" and decoder == "pil" and not ex.activations_from  # saved ones are float16
         values, hashes = rescore(model.net, paths, cand, units, pp, ex.statistic, ex.relu, device, col.batch_size,
-                                 with_values=not exact_pass, with_hashes=ex.dedupe_hamming >= 0)
+                                 with_values=not exact_pass, with_hashes=ex.dedupe_hamming >= 0, workers=opts.workers)
         natural = choose_exemplars(lists, None if exact_pass else values, hashes, units, n_needed, ex.dedupe_hamming)
         natural["file"] = [image_relpath(u, k, r) for u, k, r in zip(natural.unit_id, natural.kind, natural["rank"])]
         natural["source"] = [_relative_source(paths[i], root) for i in natural.image_index]
