@@ -385,7 +385,7 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
     if not r.success:
         gnorm = float(np.max(np.abs(r.jac))) if getattr(r, "jac", None) is not None else np.nan
         if not (gnorm < 1e-3):
-            fit.warnings.append(f"fit_vb did not converge ({r.message}; max |gradient| {gnorm:.2g})")
+            fit.warnings.append(f"fit_{opts.estimator} did not converge ({r.message}; max |gradient| {gnorm:.2g})")
     fit.warnings += _dedupe([f"{w.category.__name__}: {w.message}" for w in caught
                              if "did not converge" not in str(w.message)])  # judged above by the final gradient
     params = res.params
