@@ -105,6 +105,8 @@ def time_batched(net, units, cfg: R.RenderConfig, device: torch.device, warm: in
     """Extrapolated seconds for all units at 512 steps, the batch size, and the runtime settings."""
     rt = R.Runtime.resolve(cfg, device)
     net.to(device)
+    measure_net = net
+    net = R.fold_batchnorm(net) if cfg.fold_batchnorm else net
     if rt.channels_last:
         net.to(memory_format=torch.channels_last)
     deepest = max(units.layer, key=net.layer_names.index)
@@ -132,7 +134,7 @@ def time_batched(net, units, cfg: R.RenderConfig, device: torch.device, warm: in
         t_eager = robust_step_time(window(0, redirect - 1), device)
         t_fast = robust_step_time(window(redirect + warm - 1, redirect + warm + timed - 1), device)
         t0 = time.perf_counter()
-        R._finish_batch(net, plan, list(b.unit_id), seeds, res, cfg, rt, out_dir)  # save + measure PNGs
+        R._finish_batch(measure_net, plan, list(b.unit_id), seeds, res, cfg, rt, out_dir)  # save + measure PNGs
         t_finish = time.perf_counter() - t0
         first_fast = stamps[redirect] - stamps[redirect - 1]  # includes compiling, if any
         n_red = min(cfg.redirect_relu_steps, LUCID_STEPS)

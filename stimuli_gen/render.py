@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -86,6 +87,7 @@ class RenderConfig:
     compile_backend: str = "inductor"
     compile_min_steps: int = 3000  # "auto": steps that must stop at that layer in all (a guess, untuned)
     curve_points: int = 33  # activation curve subsampled to this many steps
+    fold_batchnorm: bool = True  # optimize through a copy with eval BatchNorm folded into the convs (same function)
 
     def __post_init__(self) -> None:
         self.scales = tuple(float(s) for s in self.scales)
@@ -205,6 +207,33 @@ def _forward_fn(net, layers: tuple[str, ...], cfg: RenderConfig, rt: Runtime) ->
             return net.forward_layers(x, layers, relu=cfg.relu)
 
     return fwd
+
+
+def fold_batchnorm(net):
+    """A frozen copy of ``net`` with every ``conv -> bn`` pair (torchvision's BasicConv2d) folded into
+    one conv: the same function with frozen eval-mode statistics, minus a memory-bound op (and its
+    backward) per conv. Networks without BatchNorm come back as they are."""
+    pairs = [m for m in net.modules() if isinstance(getattr(m, "conv", None), torch.nn.Conv2d)
+             and isinstance(getattr(m, "bn", None), torch.nn.BatchNorm2d)]
+    if not pairs:
+        return net
+    folded = copy.deepcopy(net)
+    with torch.no_grad():
+        for m in folded.modules():
+            conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
+            if not (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)):
+                continue
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            new = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                  conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+            new = new.to(conv.weight.device, conv.weight.dtype)
+            new.weight.copy_(conv.weight * scale[:, None, None, None])
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            new.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+            m.conv, m.bn = new, torch.nn.Identity()
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    return folded.eval()
 
 
 def deepest_layer(net, layers) -> str:
@@ -498,14 +527,15 @@ def render_feature_visualizations(model, units_df: pd.DataFrame, cfg: RenderConf
 
     if len(todo):
         net.to(rt.device)
+        opt_net = fold_batchnorm(net) if cfg.fold_batchnorm else net
         if rt.channels_last:
-            net.to(memory_format=torch.channels_last)
+            opt_net.to(memory_format=torch.channels_last)
         try:
-            rows += _render_units(net, todo, cfg, rt, set_root, ckpt, fingerprint,
+            rows += _render_units(net, opt_net, todo, cfg, rt, set_root, ckpt, fingerprint,
                                   progress=progress and rank == 0, tqdm=tqdm)
         finally:
             if rt.channels_last:
-                net.to(memory_format=torch.contiguous_format)
+                opt_net.to(memory_format=torch.contiguous_format)
 
     if world > 1:
         gathered: list[list[dict]] = [[] for _ in range(world)]
@@ -521,10 +551,11 @@ ROW_COLUMNS = ["unit_id", "kind", "rank", "activation", "file", "seed", "activat
                "pixel_std", "render_size", "activation_curve"]
 
 
-def _render_units(net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runtime, set_root: Path, ckpt: Path | None,
-                  fingerprint: str, progress: bool, tqdm) -> list[dict]:
+def _render_units(net, opt_net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runtime, set_root: Path,
+                  ckpt: Path | None, fingerprint: str, progress: bool, tqdm) -> list[dict]:
+    """Optimize through ``opt_net`` (BatchNorm folded, channels_last); measure the saved PNGs with ``net``."""
     deepest = deepest_layer(net, todo.layer)
-    per_batch = cfg.batch_size or auto_batch_size(net, cfg, rt, deepest)
+    per_batch = cfg.batch_size or auto_batch_size(opt_net, cfg, rt, deepest)
     units_per_batch = max(1, per_batch // cfg.n_vis)
     batches = schedule(todo, net.layer_names, units_per_batch)
     # Steps run by the batches stopping at each layer (for "compile where it pays").
@@ -558,7 +589,7 @@ def _render_units(net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runtime, set_r
                     bar.set_postfix_str(f"{n_steps_done / (time.perf_counter() - t0):.2f} steps/s, batch {n_img}")
 
             try:
-                res = optimize_batch(net, plan, seeds, cfg, rt, on_step=on_step, work_steps=work.get(key, 0))
+                res = optimize_batch(opt_net, plan, seeds, cfg, rt, on_step=on_step, work_steps=work.get(key, 0))
             except torch.OutOfMemoryError:
                 # The memory estimate was too optimistic: split the batch (images do not depend on
                 # their batch) and go on with smaller ones.

@@ -143,6 +143,31 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(lucid):
     assert torch.isfinite(res.images).all() and res.curves[0, -1] > res.curves[0, 0]
 
 
+def test_folding_batchnorm_keeps_the_function():
+    from stimuli_gen.models import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tv = load_model("torchvision_googlenet", "random", seed=2).net
+    g = torch.Generator().manual_seed(0)
+    for m in tv.modules():  # non-trivial statistics (an untrained net has mean 0, var 1)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    folded = R.fold_batchnorm(tv)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tv.modules())  # the original is untouched
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        a = tv.forward_layers(x, ["inception3a", "inception4c"])
+        b = folded.forward_layers(x, ["inception3a", "inception4c"])
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4 * a[k].abs().max().item())
+
+
 def test_compiled_path_traces_and_matches_eager(lucid):
     """torch.compile of the network after the redirected-ReLU steps (dynamo's eager backend: the
     traced graph runs exactly the same ops, so the images are identical)."""
