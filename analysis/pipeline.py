@@ -245,7 +245,10 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
                         "unit variance). Validation by simulation (analysis/README.md): with about 10 units per layer group, "
                         "95% intervals of within-participant effects (trial type, n) covered the truth in 92-97% of "
                         "replicates, those of the layer effect (a between-unit contrast) in about 89%, because they "
-                        "are conditional on the estimated unit variance (as lme4's Wald intervals are)."))
+                        "are conditional on the estimated unit variance (as lme4's Wald intervals are). Under the null, "
+                        "the layer test of glmm_trial rejected in 13% of replicates at alpha = 0.05 and glmm_row's in "
+                        "3%; the interaction tests held their level (3% and 5%). With few units per layer group, read "
+                        "the layer test of glmm_row."))
     if "model_means" in figs:
         B.append(Block("figure", figs["model_means"].as_posix(),
                        "Model-based probability correct for a typical participant and unit, averaged over n on the "
