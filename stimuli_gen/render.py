@@ -7,6 +7,16 @@ its transforms, and every term of the loss is per unit, so a unit's images are t
 any batch (up to float rounding). On CUDA the network runs under bf16 autocast in channels_last
 memory (spectrum, Adam state, FFT, transforms and loss stay float32), optionally compiled.
 
+Where the speed comes from (notes: ``shared/notes/feature-visualization.md``): the batch; truncation
+(units sorted by depth, batches stop at their deepest layer); frozen weights (input gradients only);
+eval BatchNorm folded into the convs (``fold_batchnorm``); per-image transforms as one affine
+``grid_sample`` at a fixed size (static shapes); bf16/channels_last; ``torch.compile`` with one
+graph per deepest layer, used after the redirected-ReLU steps. "auto" compiles a graph only when
+at least ``compile_min_steps`` steps stop at that layer: with eager ~12 and compiled ~22 vis/s
+(notes, H100, batch 256) a 512-step batch saves ~10 s and a cold compile costs about a minute, so
+it pays from about six batches. The CUDA path is written for, but was not run on, a GPU here:
+measure with ``bench/render.py --device cuda`` (and ``--compile true``).
+
 Public interface (used by the pipeline)::
 
     cfg = RenderConfig.from_preset("lucid", n_vis=5, steps=32, size=128)

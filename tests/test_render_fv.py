@@ -204,6 +204,19 @@ def test_render_writes_pngs_and_rows(lucid, tmp_path):
     assert r.activation == pytest.approx(a, rel=1e-4, abs=1e-5)
 
 
+def test_saved_images_do_not_depend_on_batch_size(lucid, tmp_path):
+    u = units(("mixed3a", 4), ("mixed4e", 5), ("mixed3b", 6))
+    out = {}
+    for bs in (2, 6):  # one unit per batch vs all three units in one mixed-layer batch
+        out[bs] = R.render_feature_visualizations(lucid, u, cfg(n_vis=2, steps=4, batch_size=bs), tmp_path / str(bs),
+                                                  progress=False)
+    pd.testing.assert_frame_equal(out[2].drop(columns="activation_curve"), out[6].drop(columns="activation_curve"),
+                                  check_exact=False, atol=1e-3, rtol=1e-3)
+    for f in out[2].file:
+        a, b = (np.array(Image.open(tmp_path / str(bs) / f), dtype=int) for bs in (2, 6))
+        assert np.abs(a - b).max() <= 1
+
+
 def test_borowski_preset_renders_larger_and_crops(lucid, tmp_path):
     c = R.RenderConfig.from_preset("borowski2021", n_vis=1, steps=2, size=48, out_size=40, jitter1=4, jitter2=2)
     rows = R.render_feature_visualizations(lucid, units(("mixed4a", 0)), c, tmp_path, progress=False)
