@@ -395,8 +395,8 @@ def test_cli_check_only_and_export(fixture_set, tmp_path, capsys):
                "--check-only", "--export-conditions", str(out), "--no-dialog"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "16 trials (12 main, 2 practice, 2 catch), counterbalance 2" in text
-    assert len(list(csv.DictReader(open(out)))) == 16 and not (tmp_path / "d").exists()
+    assert "22 trials (18 main, 2 practice, 2 catch), counterbalance 2" in text
+    assert len(list(csv.DictReader(open(out)))) == 22 and not (tmp_path / "d").exists()
     rc = main(["--stimuli", str(fixture_set), "--design", "default", "--participant", "P2", "--check-only", "--no-dialog"])
     assert rc == 2 and "distinct triplets" in capsys.readouterr().err
 

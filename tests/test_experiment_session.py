@@ -118,19 +118,19 @@ def test_simulated_session_files_rows_and_screenshots(fixture_set, tmp_path, dis
     data = tmp_path / "data"
     out = run_cli(session_args(fixture_set, data, "sim01", "noisy:0.8") + ["--screenshots", str(shots)], display_env)
     assert out.returncode == 0, out.stderr
-    assert "completed: 16 of 16 trials saved" in out.stdout
+    assert "completed: 22 of 22 trials saved" in out.stdout
     folder = data / "demo" / "sub-sim01_ses-01"
     info = read_session_info(folder)
     assert info["status"] == "completed" and info["simulated"] == "noisy:0.8" and info["ended"]
-    assert info["n_trials_planned"] == info["n_trials_completed"] == 16
+    assert info["n_trials_planned"] == info["n_trials_completed"] == 22
     assert info["design"]["counterbalance"] == 1 and info["design"]["design"]["name"] == "demo"
     assert info["frame_stats"]["frames"] > 0 and info["software"]["psychopy"]
 
     with open(folder / "trials.csv") as f:
         assert f.readline().strip().split(",") == list(TRIAL_COLUMNS)
     df = read_trials(folder)
-    assert len(df) == 16 and list(df.trial_index) == list(range(16))
-    assert list(df.is_practice) == [1, 1] + [0] * 14 and df.is_catch.sum() == 2
+    assert len(df) == 22 and list(df.trial_index) == list(range(22))
+    assert list(df.is_practice) == [1, 1] + [0] * 20 and df.is_catch.sum() == 2
     assert set(df.block) == {0, 1, 2}
     for _, r in df.iterrows():
         clicks = json.loads(r["clicks"])
@@ -138,14 +138,14 @@ def test_simulated_session_files_rows_and_screenshots(fixture_set, tmp_path, dis
         assert r["rt_first_click"] == clicks[0][0] <= r["rt_confirm"] == clicks[-1][0]
         assert r["frames"] >= len(clicks)
         assert len(json.loads(r["stimuli"])) == 6 * r["n_images"]
-    assert df[~df.is_catch.astype(bool)].shape[0] == 14
+    assert df[~df.is_catch.astype(bool)].shape[0] == 20
 
     psy = sorted(p.name for p in (folder / "psychopy").iterdir())
     handler = [p for p in psy if p.endswith(".csv") and not p.endswith("_conditions.csv")]
     assert len(handler) == 1 and not any("_1." in p for p in psy), psy  # no duplicate from an exit save
     assert handler[0].startswith("sim01_demo_") and any(p.endswith(".log") for p in psy)
     hdf = pd.read_csv(folder / "psychopy" / handler[0])
-    assert len(hdf) == 16 and list(hdf.trial_index) == list(df.trial_index)
+    assert len(hdf) == 22 and list(hdf.trial_index) == list(df.trial_index)
     assert list(hdf.assignment) == list(df.assignment)
 
     design = info["design"]
@@ -228,7 +228,7 @@ def test_sigkill_keeps_completed_trials_and_resume_continues_in_order(fixture_se
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at trial 6" in resumed.stdout
     df = read_trials(folder)
-    assert list(df.trial_index) == list(range(16))
+    assert list(df.trial_index) == list(range(22))
     info = read_session_info(folder)
     assert info["status"] == "completed" and [r["start_index"] for r in info["runs"]] == [0, 5]
 
@@ -298,7 +298,7 @@ def test_real_psychopy_dialogs_ask_ids_and_offer_resume(fixture_set, tmp_path, d
     out = subprocess.run([sys.executable, str(driver), *args], env=display_env, capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert "dialog: fvmatch: demo" in out.stdout and "sub-P11_ses-03: 16 trials" in out.stdout
+    assert "dialog: fvmatch: demo" in out.stdout and "sub-P11_ses-03: 22 trials" in out.stdout
     assert "counterbalance 11" in out.stdout and "resuming" not in out.stdout
 
     plan = new_session(tmp_path / "data", "demo", "P11", 3, load_design("demo"), load_stimulus_set(fixture_set))
