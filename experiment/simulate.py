@@ -7,7 +7,10 @@ for a person. Policies:
 * ``random``   - a uniformly random permutation (chance: 1/3 of rows, 1/6 of trials).
 * ``oracle``   - always the correct assignment.
 * ``noisy:P``  - the correct assignment with probability P, otherwise one of the five wrong
-  permutations, uniformly: whole-trial accuracy is P, row accuracy P + (1 - P) / 5.
+  permutations, uniformly: whole-trial accuracy is P, row accuracy P + (1 - P) / 5. This models an
+  attentive participant with imperfect discrimination, so catch trials (identical images on both
+  sides) are always right; ``random`` models an inattentive one and fails them at chance, which is
+  what the analysis's catch-trial exclusion is for.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ class SimulatedParticipant:
         self.p = float(policy.split(":")[1]) if policy.startswith("noisy:") else None
         self.rng = np.random.default_rng(seed)
 
-    def choose_assignment(self, candidate_units: tuple[int, ...] | list[int]) -> list[int]:
+    def choose_assignment(self, candidate_units: tuple[int, ...] | list[int], is_catch: bool = False) -> list[int]:
         right = correct_assignment(candidate_units)
-        if self.policy == "oracle":
+        if self.policy == "oracle" or (is_catch and self.policy != "random"):
             return right
         if self.policy == "random":
             return list(PERMUTATIONS[int(self.rng.integers(6))])

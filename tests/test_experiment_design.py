@@ -300,6 +300,10 @@ def test_simulated_policies():
         acc[policy] = np.mean(right)
     assert acc["oracle"] == 1.0
     assert abs(acc["random"] - 1 / 6) < 0.03 and abs(acc["noisy:0.8"] - 0.8) < 0.03
+    # catch trials are trivial: an attentive (noisy) participant gets them right, an inattentive (random) one does not
+    catch = {p: np.mean([all(score(c, SimulatedParticipant(p, seed=2).choose_assignment(c, is_catch=True))) for c in cands[:600]])
+             for p in ("noisy:0.3", "random")}
+    assert catch["noisy:0.3"] == 1.0 and abs(catch["random"] - 1 / 6) < 0.05
     # a click plan replays to its assignment through the real pairing logic
     for policy in ("random", "oracle"):
         sim = SimulatedParticipant(policy, seed=3)

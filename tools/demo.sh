@@ -17,7 +17,8 @@ echo "== 1/3 stimuli: $STIMULI"
 echo "== 2/3 sessions: simulated participants in the real PsychoPy window -> $SESSIONS"
 rm -rf "$SESSIONS"  # demo sessions only: a real experiment's folder is never deleted by fvmatch
 i=0
-for policy in noisy:0.9 noisy:0.75 noisy:0.6 random; do
+# noisy:P = attentive, imperfect observers; random = inattentive (fails the catch trials; the analysis excludes it)
+for policy in noisy:0.9 noisy:0.8 noisy:0.7 noisy:0.6 random; do
   i=$((i + 1))
   "$BIN/fvmatch-session" --stimuli "$STIMULI" --design demo --experiment demo --participant "sim0$i" \
     --session 1 --simulate "$policy" --data-dir data/sessions --no-dialog
