@@ -151,7 +151,7 @@ def simulate_trials(spec: SimulationSpec, seed: int) -> tuple[pd.DataFrame, dict
                 "candidate_units": cand, "assignment": assignment,
                 **{f"correct_{i}": bool(correct[i]) for i in range(3)},
                 "n_correct": int(sum(correct)), "trial_correct": bool(all(correct)),
-                "rt_first_click": round(rt_first, 4), "rt_confirm": round(rt_confirm, 4),
+                "rt_first_click": round(rt_first, 4), "rt_confirm": round(rt_confirm, 4), "paused_s": 0.0,
                 "clicks": [[round(rt_first, 3), "candidate", 0], [round(rt_confirm, 3), "confirm", -1]],
                 "stimuli": [], "frames": int(rt_confirm * 60), "frames_dropped": 0,
                 "frame_interval_mean_ms": 16.67, "frame_interval_sd_ms": 0.1, "onset": t_now.isoformat(),

@@ -27,7 +27,7 @@ import pandas as pd
 from contracts.common import ContractError, check_schema, sha256_json, read_json, read_table, require_fields, write_json_atomic
 
 SCHEMA = "fvmatch.session"
-SCHEMA_VERSION = "1.1"  # 1.1 adds design_sha256
+SCHEMA_VERSION = "1.2"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s
 SESSION_FILE = "session.json"
 TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"
@@ -57,6 +57,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "trial_correct": "bool",
     "rt_first_click": "float",  # seconds from stimulus onset
     "rt_confirm": "float",  # seconds from stimulus onset to the confirming click
+    "paused_s": "float",  # seconds the Escape confirmation screen was up after onset (excluded from all times)
     "clicks": "str",  # JSON [[t, "candidate"|"reference"|"confirm", row], ...]
     "stimuli": "str",  # JSON [{"side", "row", "unit", "file", "x", "y", "size"}, ...] (deg)
     "frames": "int",
@@ -65,6 +66,8 @@ TRIAL_COLUMNS: dict[str, str] = {
     "frame_interval_sd_ms": "float",
     "onset": "str",  # ISO time of stimulus onset
 }
+
+COLUMNS_ADDED_IN_1_2 = ("paused_s",)
 
 SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "experiment": str,
@@ -151,7 +154,10 @@ class TrialLog:
             with open(self.path, newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f), [])
             if header != self.columns:
-                raise ContractError(self.path, "existing trials table has different columns; refusing to append")
+                missing = [c for c in self.columns if c not in header]
+                raise ContractError(self.path, "existing trials table has different columns; refusing to append" + (
+                    f" (it lacks {', '.join(missing)}: it was written by an older fvmatch; finish that session with "
+                    "the version that started it, or start a new session)" if missing else ""))
             self._repair_partial_last_line()
         self._f = open(self.path, "a", newline="", encoding="utf-8")
         self._w = csv.DictWriter(self._f, fieldnames=self.columns, extrasaction="raise")
@@ -208,11 +214,24 @@ def parse_int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(";")] if text else []
 
 
+def _header(path: Path) -> list[str]:
+    """The first row of a CSV file ([] when it cannot be read: read_table then reports why)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def read_trials(folder_or_file: os.PathLike | str, allow_empty: bool = True) -> pd.DataFrame:
     """Read and validate a trials table. Errors name the file, row and column."""
     p = Path(folder_or_file)
     path = p / TRIALS_FILE if p.is_dir() else p
-    df = read_table(path, TRIAL_COLUMNS, allow_empty=allow_empty)
+    # Tables written before 1.2 lack paused_s: read as unknown (NaN), not zero, since a pause may be in their times.
+    older = [c for c in COLUMNS_ADDED_IN_1_2 if c not in _header(path)]
+    df = read_table(path, {k: v for k, v in TRIAL_COLUMNS.items() if k not in older}, allow_empty=allow_empty)
+    for col in older:
+        df.insert(list(TRIAL_COLUMNS).index(col), col, float("nan"))
     for col, allowed in (("trial_type", TRIAL_TYPES),):
         bad = ~df[col].isin(allowed)
         if bad.any():

@@ -219,6 +219,7 @@ class _UI:
         self.sim_hang_after: int | None = None
         self.sim_idle = False  # a simulated participant that stopped clicking (tests)
         self.last_n_intervals = 0
+        self.paused_s = 0.0  # total time on the Escape confirmation screen this session
         self.mouse = event.Mouse(win=win, visible=True)
         self.colors = [_hex_to_rgb(c) for c in disp["pair_colors"]]
         self.text_h = disp["text_deg"]
@@ -274,6 +275,14 @@ class _UI:
             self._confirm_quit()
 
     def _confirm_quit(self) -> None:
+        """Ask whether to end; the time this screen is up is added to ``paused_s`` (taken out of RTs)."""
+        shown = self.core.getTime()
+        try:
+            self._ask_quit()
+        finally:
+            self.paused_s += self.core.getTime() - shown
+
+    def _ask_quit(self) -> None:
         text = self.visual.TextStim(self.win, text="End the session now?\n\nEverything finished so far is saved.\n\n"
                                     "Press Y to end, N to continue.", height=self.text_h, wrapWidth=self.wrap, color="white",
                                     autoLog=False)
@@ -435,6 +444,8 @@ class _UI:
         btn, btn_text = ch["confirm"], ch["confirm_text"]
         while True:
             self._check_escape()
+            if n_flips == 0:  # a pause before onset is not part of the response time
+                paused_at_onset = self.paused_s
             for s in statics:
                 s.draw()
             self._draw_pairs(state, ch)
@@ -460,12 +471,13 @@ class _UI:
             if hit is None:
                 continue
             kind, row = hit
+            t_click = round(click[0] - (self.paused_s - paused_at_onset), 4)  # time on the screen, pauses excluded
             if kind == "confirm":
                 if not state.complete:
                     continue
-                clicks.append([round(click[0], 4), "confirm", None])
+                clicks.append([t_click, "confirm", None])
                 break
-            clicks.append([round(click[0], 4), kind, row])
+            clicks.append([t_click, kind, row])
             state.click(kind, row)
         win.recordFrameIntervals = False
         intervals = [1000 * x for x in win.frameIntervals]
@@ -474,7 +486,8 @@ class _UI:
                        "frame_interval_mean_ms": round(statistics.fmean(intervals), 3) if intervals else None,
                        "frame_interval_sd_ms": round(statistics.stdev(intervals), 3) if len(intervals) > 1 else None}
         assignment = state.assignment()
-        row = trial_row(plan, t, stimuli, clicks, assignment, onset.get("iso", now_iso()), frame_stats)
+        row = trial_row(plan, t, stimuli, clicks, assignment, onset.get("iso", now_iso()), frame_stats,
+                        paused_s=self.paused_s - paused_at_onset)
         if t.is_practice:
             self._feedback(t, state, statics, ch, plan)
         return row

@@ -171,8 +171,9 @@ def save_info(plan: SessionPlan) -> None:
 
 
 def trial_row(plan: SessionPlan, t: TrialSpec, stimuli: list[dict], clicks: list, assignment: list[int],
-              onset_iso: str, frames: dict) -> dict:
-    """One trials.csv row (exactly TRIAL_COLUMNS) for a finished trial."""
+              onset_iso: str, frames: dict, paused_s: float = 0.0) -> dict:
+    """One trials.csv row (exactly TRIAL_COLUMNS) for a finished trial. Click times (and so RTs) already
+    exclude ``paused_s``, the time the Escape confirmation screen was up after onset."""
     correct = score(t.candidate_units, assignment)
     click_times = [c[0] for c in clicks]
     return {
@@ -187,6 +188,7 @@ def trial_row(plan: SessionPlan, t: TrialSpec, stimuli: list[dict], clicks: list
         "n_correct": sum(correct), "trial_correct": all(correct),
         "rt_first_click": round(click_times[0], 4) if click_times else None,
         "rt_confirm": round(click_times[-1], 4) if click_times else None,
+        "paused_s": round(paused_s, 4),
         "clicks": clicks, "stimuli": stimuli,
         "frames": frames["frames"], "frames_dropped": frames["frames_dropped"],
         "frame_interval_mean_ms": frames["frame_interval_mean_ms"], "frame_interval_sd_ms": frames["frame_interval_sd_ms"],

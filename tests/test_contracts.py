@@ -88,7 +88,7 @@ def trial_row(i: int, cand=(2, 0, 1), assign=(1, 2, 0)) -> dict:
                unit_0="a_c0001", unit_1="a_c0002", unit_2="a_c0003", layer_0="a", layer_1="a", layer_2="a",
                channel_0=1, channel_1=2, channel_2=3, candidate_units=list(cand), assignment=list(assign),
                correct_0=correct[0], correct_1=correct[1], correct_2=correct[2], n_correct=sum(correct),
-               trial_correct=all(correct), rt_first_click=1.25, rt_confirm=4.5, clicks=[[1.25, "candidate", 0]],
+               trial_correct=all(correct), rt_first_click=1.25, rt_confirm=4.5, paused_s=0.0, clicks=[[1.25, "candidate", 0]],
                stimuli=[{"side": "reference", "row": 0, "unit": "a_c0001", "file": "x.png", "x": -3.0, "y": 2.0}],
                frames=270, frames_dropped=0, frame_interval_mean_ms=16.7, frame_interval_sd_ms=0.2,
                onset=S.now_iso())
@@ -120,6 +120,19 @@ def test_session_round_trip(tmp_path):
     assert df.rt_confirm.dtype == float and df.is_practice.dtype == bool
     assert json.loads(df.stimuli[0])[0]["file"] == "x.png"
     assert S.read_session_info(folder)["simulated"] == "oracle"
+
+
+def test_tables_written_before_1_2_read_with_unknown_pauses(tmp_path):
+    """A 1.1 table (no paused_s) is still analysable: paused_s reads as NaN (unknown, not zero). A 1.2 run
+    does not append to it: the columns would disagree."""
+    p = tmp_path / "trials.csv"
+    with S.TrialLog(p) as log:
+        log.append(trial_row(0, assign=(1, 0, 2)))
+    pd.read_csv(p, dtype=str, keep_default_na=False).drop(columns="paused_s").to_csv(p, index=False)
+    df = S.read_trials(p)
+    assert list(df.columns) == list(S.TRIAL_COLUMNS) and df.paused_s.isna().all() and df.n_correct.tolist() == [1]
+    with pytest.raises(ContractError, match="lacks paused_s: it was written by an older fvmatch"):
+        S.TrialLog(p)
 
 
 def test_trial_log_drops_half_written_row(tmp_path):

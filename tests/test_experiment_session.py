@@ -411,6 +411,11 @@ def test_person_session_driven_by_real_x11_clicks_and_keys(fixture_set, tmp_path
         clicks = json.loads(r["clicks"])
         assert [c[1] for c in clicks] == ["candidate", "reference"] * 3 + ["confirm"]
         assert all(b[0] > a[0] for a, b in zip(clicks, clicks[1:]))  # real, increasing press times
+    # Trial 0 paused on the Escape question (>= 0.3 s between the keys). Its last pairing click and its confirm
+    # click were >= 0.6 s apart in wall time (the sleeps above); on the trial's clock the pause is taken out.
+    assert df.paused_s[0] >= 0.25 and df.paused_s[1] == 0
+    clicks0 = json.loads(df.clicks[0])
+    assert clicks0[-1][0] - clicks0[-2][0] < 0.55
     info = read_session_info(folder)
     assert info["status"] == "completed" and info["simulated"] is None
     log = next((folder / "psychopy").glob("*.log")).read_text()
