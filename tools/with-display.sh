@@ -2,16 +2,19 @@
 # Run a command with an X display: the real one if DISPLAY is set, else a virtual one (Xvfb with
 # Mesa GL; xdotool for the tests that click like a person). Installs them with apt-get when missing and we are root; otherwise says what to do.
 set -euo pipefail
-PKGS="xvfb xauth xdotool libgl1 libglu1-mesa libgl1-mesa-dri libjack-jackd2-0"
+# The libxcb-*/libxkbcommon-x11 libraries are what Qt's xcb plugin needs for PsychoPy's (PyQt6) dialogs.
+PKGS="xvfb xauth xdotool libgl1 libglu1-mesa libgl1-mesa-dri libjack-jackd2-0 libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0"
 
 have_gl() { ldconfig -p 2>/dev/null | grep -q 'libGL.so.1' && ldconfig -p 2>/dev/null | grep -q 'libGLU.so.1'; }
 have_jack() { ldconfig -p 2>/dev/null | grep -q 'libjack.so.0'; }
+have_qt_xcb() { for l in libxcb-icccm.so.4 libxcb-keysyms.so.1 libxcb-cursor.so.0 libxkbcommon-x11.so.0; do
+  ldconfig -p 2>/dev/null | grep -q "$l" || return 1; done; }
 
 if [ -n "${DISPLAY:-}" ] && [ -z "${FVMATCH_FORCE_XVFB:-}" ]; then
   exec "$@"
 fi
 
-if ! command -v xvfb-run >/dev/null || ! command -v xdotool >/dev/null || ! have_gl || ! have_jack; then
+if ! command -v xvfb-run >/dev/null || ! command -v xdotool >/dev/null || ! have_gl || ! have_jack || ! have_qt_xcb; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "with-display: installing $PKGS (apt-get)" >&2
     export DEBIAN_FRONTEND=noninteractive
