@@ -15,11 +15,17 @@ Models (all share one design builder and one contrast/test machinery):
     accuracy (rows), participant random intercept. A linear probability model: effects are differences in
     accuracy, not logits; units are averaged within cells.
 
-Both GLMMs are fitted with ``statsmodels``' ``BinomialBayesMixedGLM.fit_vb``: its posterior means agree
-with lme4::glmer to about 0.01 logit, but its mean-field ``fe_sd`` is far too small, so standard errors come
-from the inverse of the (analytic) Hessian of the log posterior at the fitted parameters (Laplace), which
-matched glmer's standard errors. Estimates are posterior means under N(0, fe_prior_sd^2) priors on fixed
-effects and log-normal priors on random-effect SDs; p-values are Wald tests on that covariance.
+Both GLMMs are fitted by ``analysis.laplace`` (default ``estimator="laplace"``): the random-effect SDs at the
+mode of their Laplace-approximate marginal posterior, with fixed *and* random effects integrated out (the GLMM
+analogue of REML); fixed effects at their conditional posterior mode given those SDs; covariance from the
+inverse Hessian of the log posterior (conditional on the SDs, as lme4 reports it). ``statsmodels``'
+``BinomialBayesMixedGLM`` supplies the model (design, priors) and the alternative estimators ``fit_vb`` and
+``fit_map``. Why not ``fit_vb``: its posterior means agree with lme4::glmer to about 0.01 logit, but it
+estimates the SDs jointly with the fixed effects, which biases them low when a random factor has few levels;
+with about 10 units per layer group the layer test (a between-unit contrast) then rejected a true null in 13%
+of simulations at alpha = 0.05 (5% with ``laplace``; analysis/README.md). Its mean-field ``fe_sd`` is far too
+small in any case, so its SEs also come from the Hessian. Priors: N(0, fe_prior_sd^2) on fixed effects and
+N(0, vcp_prior_sd^2) on log random-effect SDs; p-values are Wald tests on the Laplace covariance.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from scipy import sparse, stats
 from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 
 from analysis.accuracy import rows_long
+from analysis.laplace import fit_laplace, log_sd_covariance
 
 try:  # optional (present with PsychoPy's dependencies); without it BLAS keeps its default threads
     from threadpoolctl import threadpool_limits
@@ -44,6 +51,17 @@ except ImportError:  # pragma: no cover
 TYPE_LEVELS = ("exemplar", "feature_vis")
 LAYER_LEVELS = ("early", "middle", "late")
 N_AS = ("factor", "numeric")
+ESTIMATORS = ("laplace", "vb", "map")
+METHODS = {
+    "laplace": "binomial GLMM (logit; statsmodels BinomialBayesMixedGLM model); random-effect SDs at the mode of their "
+               "Laplace-approximate marginal posterior with fixed and random effects integrated out (REML-like; "
+               "analysis.laplace); fixed effects at their conditional mode; SE from the inverse Hessian of the log "
+               "posterior",
+    "vb": "statsmodels BinomialBayesMixedGLM.fit_vb (logit); posterior means (SDs biased low with few units); SE from "
+          "the inverse Hessian of the log posterior (Laplace)",
+    "map": "statsmodels BinomialBayesMixedGLM.fit_map (logit); joint posterior mode (shrinks variance components); SE "
+           "from the inverse Hessian of the log posterior",
+}
 # separation: fitted, but some estimates are set by the prior because a cell is all right or all wrong
 STATUS_OK, STATUS_WARN, STATUS_SEP, STATUS_NA = "ok", "warning", "separation", "not_estimable"
 Z95 = stats.norm.ppf(0.975)
@@ -54,8 +72,10 @@ class ModelOptions:
     n_as: str = "factor"  # n_images as a factor or as a numeric (centred) covariate
     fe_prior_sd: float = 2.0  # statsmodels default; the prior matters only when the data say little
     vcp_prior_sd: float = 1.0  # prior SD of log random-effect SDs
-    seed: int = 0  # fit_vb's random start of the variational SDs
-    estimator: str = "vb"  # vb: posterior means (primary); map: posterior mode (shrinks variance components)
+    seed: int = 0  # fit_vb's random start of the variational SDs (the laplace estimator is deterministic)
+    # laplace: SDs from their marginal posterior, fixed effects integrated out (primary; analysis.laplace);
+    # vb: posterior means by fit_vb (SDs biased low with few units); map: joint posterior mode (shrinks SDs more)
+    estimator: str = "laplace"
     # VB start: zero (statsmodels' default) or the posterior mode. The mode is slow to find when a variance
     # component shrinks towards zero (bench/analysis.py: 1400 BFGS iterations), so zero is the default.
     vb_start: str = "zero"
@@ -63,8 +83,8 @@ class ModelOptions:
     def __post_init__(self):
         if self.n_as not in N_AS:
             raise ValueError(f"n_as must be one of {N_AS}, not {self.n_as!r}")
-        if self.estimator not in ("vb", "map") or self.vb_start not in ("map", "zero"):
-            raise ValueError(f"estimator must be vb or map and vb_start map or zero, not {self.estimator!r}, "
+        if self.estimator not in ESTIMATORS or self.vb_start not in ("map", "zero"):
+            raise ValueError(f"estimator must be one of {ESTIMATORS} and vb_start map or zero, not {self.estimator!r}, "
                              f"{self.vb_start!r}")
 
 
@@ -335,14 +355,11 @@ def _one_blas_thread(fn):
 @_one_blas_thread
 def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, re_blocks: dict[str, tuple],
                    opts: ModelOptions, clusters: np.ndarray | None = None, n_units: int = 0) -> ModelFit:
-    """Fit ``BinomialBayesMixedGLM`` by VB; Laplace (Hessian) covariance; optional trial-clustered sandwich.
+    """Fit a ``BinomialBayesMixedGLM`` with ``opts.estimator``; Hessian covariance; optional trial-clustered sandwich.
 
     ``re_blocks``: name -> (sparse design block, level names), one variance component each.
     """
-    method = ("statsmodels BinomialBayesMixedGLM.fit_vb (logit); posterior means; SE from the inverse Hessian "
-              "of the log posterior (Laplace)") if opts.estimator == "vb" else (
-              "statsmodels BinomialBayesMixedGLM.fit_map (logit); posterior mode (shrinks variance components); SE "
-              "from the inverse Hessian of the log posterior")
+    method = METHODS[opts.estimator]
     se_method = "Hessian of log posterior (Laplace)"
     if clusters is not None:
         se_method += ", sandwich clustered by trial (rows of a trial are dependent)"
@@ -375,20 +392,25 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
                                   vc_names=vc_names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if opts.estimator == "map":
-            res = model.fit_map(rng=opts.seed)
+        if opts.estimator == "laplace":
+            lf = fit_laplace(model)
+            params, fit.iterations = lf.params, lf.evaluations
+            if not lf.converged:
+                fit.warnings.append(f"the Laplace search for the random-effect SDs did not converge ({lf.message})")
         else:
-            start = model.fit_map(rng=opts.seed).params if opts.vb_start == "map" else None
-            res = model.fit_vb(mean=start, rng=opts.seed, minim_opts={"maxiter": 2000})
-    r = res.optim_retvals
-    fit.iterations = int(getattr(r, "nit", 0) or 0)
-    if not r.success:
-        gnorm = float(np.max(np.abs(r.jac))) if getattr(r, "jac", None) is not None else np.nan
-        if not (gnorm < 1e-3):
-            fit.warnings.append(f"fit_{opts.estimator} did not converge ({r.message}; max |gradient| {gnorm:.2g})")
+            if opts.estimator == "map":
+                res = model.fit_map(rng=opts.seed)
+            else:
+                start = model.fit_map(rng=opts.seed).params if opts.vb_start == "map" else None
+                res = model.fit_vb(mean=start, rng=opts.seed, minim_opts={"maxiter": 2000})
+            params, r = res.params, res.optim_retvals
+            fit.iterations = int(getattr(r, "nit", 0) or 0)
+            if not r.success:
+                gnorm = float(np.max(np.abs(r.jac))) if getattr(r, "jac", None) is not None else np.nan
+                if not (gnorm < 1e-3):
+                    fit.warnings.append(f"fit_{opts.estimator} did not converge ({r.message}; max |gradient| {gnorm:.2g})")
     fit.warnings += _dedupe([f"{w.category.__name__}: {w.message}" for w in caught
                              if "did not converge" not in str(w.message)])  # judged above by the final gradient
-    params = res.params
     A, lik = neg_hessian(model, params)
     kf, kp = model.k_fep, model.k_vcp
     # Fixed-effect covariance conditional on the variance components (as lme4 reports it): the (fe, vc)
@@ -409,10 +431,13 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
         fixed["se_model"] = np.sqrt(np.clip(np.diag(V_model[:kf, :kf]), 0, None))
     fit.fixed = fixed
     vcp = params[kf:kf + kp]
-    # SD point estimates only: at the VB mean the joint Hessian in (log SD, effects) is usually not positive
-    # definite (the funnel), and the mean-field SDs of log SD are too small to make honest intervals.
     fit.random = pd.DataFrame({"component": list(blocks), "sd": np.exp(vcp),
                                "n_levels": [b[0].shape[1] for b in blocks.values()]})
+    if opts.estimator == "laplace":
+        # 95% intervals on the log-SD scale from the curvature of the marginal posterior. For vb/map: none (their
+        # joint Hessian in (log SD, effects) is usually not positive definite at the estimate: the funnel).
+        half = Z95 * np.sqrt(np.diag(log_sd_covariance(model, params)))
+        fit.random["sd_ci_low"], fit.random["sd_ci_high"] = np.exp(vcp - half), np.exp(vcp + half)
     for comp, sd in zip(blocks, np.exp(vcp)):
         if sd < 0.05:
             fit.notes.append(f"the {comp} SD is estimated near zero ({sd:.3f}): a boundary (singular) fit for "
