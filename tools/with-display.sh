@@ -5,10 +5,13 @@ set -euo pipefail
 # The libxcb-*/libxkbcommon-x11 libraries are what Qt's xcb plugin needs for PsychoPy's (PyQt6) dialogs.
 PKGS="xvfb xauth xdotool libgl1 libglu1-mesa libgl1-mesa-dri libjack-jackd2-0 libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0"
 
-have_gl() { ldconfig -p 2>/dev/null | grep -q 'libGL.so.1' && ldconfig -p 2>/dev/null | grep -q 'libGLU.so.1'; }
-have_jack() { ldconfig -p 2>/dev/null | grep -q 'libjack.so.0'; }
-have_qt_xcb() { for l in libxcb-icccm.so.4 libxcb-keysyms.so.1 libxcb-cursor.so.0 libxkbcommon-x11.so.0; do
-  ldconfig -p 2>/dev/null | grep -q "$l" || return 1; done; }
+# One ldconfig listing, searched with a here-string: `ldconfig -p | grep -q` under pipefail fails at random
+# (grep exits at the first match and ldconfig dies of SIGPIPE).
+LIBS=$(ldconfig -p 2>/dev/null || true)
+have_libs() { for l in "$@"; do grep -q "$l" <<<"$LIBS" || return 1; done; }
+have_gl() { have_libs libGL.so.1 libGLU.so.1; }
+have_jack() { have_libs libjack.so.0; }
+have_qt_xcb() { have_libs libxcb-icccm.so.4 libxcb-keysyms.so.1 libxcb-cursor.so.0 libxkbcommon-x11.so.0; }
 
 if [ -n "${DISPLAY:-}" ] && [ -z "${FVMATCH_FORCE_XVFB:-}" ]; then
   exec "$@"
