@@ -263,8 +263,9 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
                                                      "p_value"]), f"Fixed effects ({f.scale} scale)."))
         if len(f.random):
             B.append(Block("table", _round(f.random, ["component", "sd", "sd_ci_low", "sd_ci_high", "n_levels"]),
-                           "Random-effect standard deviations (GLMM, laplace: mode of the marginal posterior, 95% "
-                           "intervals from its curvature on the log-SD scale)."))
+                           "Random-effect standard deviations (mode of the Laplace marginal posterior; 95% intervals "
+                           "from its curvature on the log-SD scale)." if "sd_ci_low" in f.random else
+                           "Random-effect standard deviations (point estimates)."))
         if len(f.contrasts):
             B.append(Block("table", f.contrasts.drop(columns=[c for c in ("scale",) if c in f.contrasts]),
                            f"Contrasts and model-based means ({f.scale} scale; prob = back-transformed)."))

@@ -156,9 +156,11 @@ def model_means_figure(contrasts: dict[str, pd.DataFrame], title: str = "") -> p
         ax.set_xlabel("Layer group")
         ax.set_ylabel(f"Model P(correct), {'whole trial' if level == 'trial' else 'per row'}")
         ax.set_title(MODEL_TITLE.get(name, name), fontsize=10)
-    axes[0, -1].legend(frameon=False, loc="upper right", fontsize=8.5)
+    handles, labels = axes[0, 0].get_legend_handles_labels()  # outside the panels: inside it covered points
     fig.suptitle(title or "GLMM estimates (typical participant and unit, averaged over n), 95% Wald CI", fontsize=10)
     fig.tight_layout()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="Trial type",
+               fontsize=8.5)
     return fig
 
 
