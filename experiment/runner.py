@@ -27,7 +27,7 @@ from experiment.storage import SessionPlan, save_info, trial_row
 HANDLER_FIELDS = ("experiment", "participant", "session", "trial_index", "block", "is_practice", "is_catch",
                   "trial_type", "layer_group", "n_images", "unit_0", "unit_1", "unit_2", "candidate_units",
                   "assignment", "correct_0", "correct_1", "correct_2", "n_correct", "trial_correct",
-                  "rt_first_click", "rt_confirm", "frames", "frames_dropped", "onset")
+                  "rt_first_click", "rt_confirm", "paused_s", "frames", "frames_dropped", "onset")
 
 INSTRUCTIONS = (
     "Welcome, and thank you for taking part.\n\n"
