@@ -151,8 +151,7 @@ class TrialLog:
         self.columns = list(TRIAL_COLUMNS) + [c for c in extra_columns if c not in TRIAL_COLUMNS]
         exists = self.path.is_file() and self.path.stat().st_size > 0
         if exists:
-            with open(self.path, newline="", encoding="utf-8") as f:
-                header = next(csv.reader(f), [])
+            header = _header(self.path)
             if header != self.columns:
                 missing = [c for c in self.columns if c not in header]
                 raise ContractError(self.path, "existing trials table has different columns; refusing to append" + (
