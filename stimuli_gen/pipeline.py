@@ -24,6 +24,7 @@ from contracts.stimulus_set import _SET_ID, image_relpath, write_stimulus_set
 from stimuli_gen import distributed as D
 from stimuli_gen.collection import DECODERS, Preprocess, list_collection
 from stimuli_gen.config import GeneratorConfig
+from stimuli_gen.safety import check_output_folder
 from stimuli_gen.exemplars import (PassOptions, choose_exemplars, lists_from_activations, pass_fingerprint, rescore,
                                    run_pass, write_crops)
 from stimuli_gen.models import (DEFAULT_LAYER_GROUPS, RANDOM_WEIGHTS_WARNING, RELU_MODES, TORCHVISION_WEIGHTS_FILE,
@@ -120,10 +121,8 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
     decoder = col.decoder if col.decoder != "auto" else ("torchvision" if device.type == "cuda" else "pil")
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be 'auto' or one of {DECODERS}, got {col.decoder!r}")
-    existing = out.is_dir() and any(p.name != WORK_DIR for p in out.iterdir())
-    if out.exists() and not cfg.run.resume:
-        if existing and not cfg.run.overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it or --resume to continue it")
+    # never the collection or a folder around it; --overwrite only of a stimulus set (stimuli_gen.safety)
+    check_output_folder(out, col.source, col.builtin_dir, cfg.run.overwrite, cfg.run.resume)
     source = col.source
     if source == "builtin":
         if info.is_main:
