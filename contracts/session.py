@@ -33,7 +33,7 @@ TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"
 TRIAL_TYPES = ("exemplar", "feature_vis")
 STATUSES = ("running", "completed", "aborted")
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z, not $: "$" also matches before a final newline
 
 # Column name -> kind, in file order. Writers write exactly these (plus declared extras).
 TRIAL_COLUMNS: dict[str, str] = {
@@ -96,7 +96,7 @@ def design_sha256(config: dict) -> str:
 
 def validate_id(value: str, what: str = "participant id") -> str:
     """Ids become folder names: letters, digits, '-' and '_' only, so they never escape the data folder."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):  # fullmatch: '$' alone would accept "P01\n"
         raise ValueError(f"invalid {what} {value!r}: use 1-64 letters, digits, '-' or '_'")
     return value
 

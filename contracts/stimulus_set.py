@@ -55,7 +55,7 @@ MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "files": dict,  # relative path -> sha256, for every file of the set but the manifest
 }
 WEIGHT_SOURCES = ("pretrained", "file", "random")
-_SET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" would accept a final newline
 
 
 def make_unit_id(layer: str, channel: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,21 +87,39 @@ def _ask_resume(err) -> bool:
     return bool(dlg.OK)
 
 
+def _die_with_parent() -> None:
+    """Under ``tools/with-display.sh`` (which sets FVMATCH_DIE_WITH_PARENT=1): end when the process that
+    started this one ends, even by SIGKILL, so no session keeps writing while a resume starts (the session
+    lock refuses that second writer anyway). Every finished trial is already fsync'd. Linux only."""
+    if os.environ.get("FVMATCH_DIE_WITH_PARENT") != "1" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # a process of its own (the console script), not a call from Python code
+        _die_with_parent()
     t0 = time.perf_counter()
     from contracts.common import ContractError
-    from contracts.session import validate_id
+    from contracts.session import session_dir, validate_id
     from contracts.stimulus_set import load_stimulus_set
     from experiment.config import ConfigError, load_design
-    from experiment.design import write_conditions_csv
-    from experiment.simulate import SimulatedParticipant, parse_policy
-    from experiment.storage import ResumeError, SessionExists, new_session, resume_session, save_info
+    from experiment.simulate import parse_policy
+    from experiment.session_lock import SessionLock, SessionLocked, describe_holder
 
     try:
         policy = parse_policy(args.simulate) if args.simulate else None
         design = load_design(args.design)
-        experiment = validate_id(args.experiment or design.name, "experiment name")
+        experiment = validate_id(design.name if args.experiment is None else args.experiment, "experiment name")
         if args.counterbalance is not None and args.counterbalance < 0:
             raise ValueError(f"--counterbalance must be >= 0, got {args.counterbalance}")
     except (ConfigError, ValueError) as e:
@@ -135,15 +154,46 @@ def main(argv: list[str] | None = None) -> int:
               "its images are not meaningful for a study.", file=sys.stderr)
 
     data_dir = Path(args.data_dir)
+    # One writer per session, from planning to the last row (experiment/session_lock.py); a check writes nothing.
+    lock = None
+    if not args.check_only:
+        try:
+            lock = SessionLock(session_dir(data_dir, experiment, participant, session)).acquire()
+        except SessionLocked as e:
+            return _fail(str(e))
+        if lock.taken_over:
+            print(f"fvmatch-session: note: took over the lock of a process that ended without releasing it "
+                  f"({describe_holder(lock.taken_over)})", file=sys.stderr)
+    try:
+        return _plan_and_run(args, t0, design, experiment, participant, session, stimset, policy, data_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _plan_and_run(args, t0, design, experiment, participant, session, stimset, policy, data_dir) -> int:
+    from contracts.common import ContractError
+    from experiment.design import write_conditions_csv
+    from experiment.simulate import SimulatedParticipant
+    from experiment.storage import (NothingSaved, ResumeError, SessionExists, new_session, resume_session, save_info,
+                                    set_aside_leftovers)
+
+    def start_new():
+        return new_session(data_dir, experiment, participant, session, design, stimset, args.counterbalance,
+                           args.seed, policy)
+
     try:
         if args.resume:
-            plan = resume_session(data_dir, experiment, participant, session, stimset)
+            try:
+                plan = resume_session(data_dir, experiment, participant, session, stimset)
+            except NothingSaved as e:
+                print(f"fvmatch-session: {e}: starting it from the beginning", file=sys.stderr)
+                plan = start_new()
         else:
             try:
-                plan = new_session(data_dir, experiment, participant, session, design, stimset, args.counterbalance,
-                                   args.seed, policy)
+                plan = start_new()
             except SessionExists as e:
-                if args.no_dialog or policy or not _ask_resume(e):
+                if e.status == "completed" or args.no_dialog or policy or not _ask_resume(e):
                     return _fail(str(e))
                 plan = resume_session(data_dir, experiment, participant, session, stimset)
     except (SessionExists, ResumeError, ValueError, ContractError) as e:
@@ -163,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     plan.folder.mkdir(parents=True, exist_ok=True)
+    for p in set_aside_leftovers(plan):
+        print(f"fvmatch-session: no trial had been saved in {plan.folder}; starting it cleanly (kept {p.name})",
+              file=sys.stderr)
     save_info(plan)  # from here on the folder always holds a session.json, so it can be resumed
     if not plan.resumed:
         write_conditions_csv(plan.trials, plan.folder / "psychopy" / f"{participant}_{experiment}_conditions.csv",

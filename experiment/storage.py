@@ -38,12 +38,17 @@ class SessionExists(RuntimeError):
 
     def __init__(self, folder: Path, n_done: int, status: str):
         self.folder, self.n_done, self.status = folder, n_done, status
-        super().__init__(f"{folder} already exists ({status}, {n_done} trial(s) saved): never overwritten. "
-                         f"Continue it with --resume, or use another session number.")
+        what = ("Use another session number (a completed session cannot be continued)." if status == "completed"
+                else "Continue it with --resume, or use another session number.")
+        super().__init__(f"{folder} already exists ({status}, {n_done} trial(s) saved): never overwritten. {what}")
 
 
 class ResumeError(RuntimeError):
     pass
+
+
+class NothingSaved(ResumeError):
+    """--resume of a session that never saved session.json nor a trial: it can simply start."""
 
 
 def counterbalance_from_id(participant: str) -> tuple[int, str]:
@@ -67,6 +72,7 @@ class SessionPlan:
     trials: list[TrialSpec]
     start_index: int  # first trial to run (number of trials already saved)
     resumed: bool
+    set_aside: tuple[Path, ...] = ()  # leftovers of a start that saved no trial, renamed before this one starts
 
 
 def recorded_design(design: Design, counterbalance: int, rule: str) -> dict:
@@ -77,9 +83,18 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
                 counterbalance: int | None = None, seed: int | None = None, simulated: str | None = None) -> SessionPlan:
     """Plan a new session; refuses (SessionExists) when the folder holds anything."""
     folder = session_dir(data_dir, experiment, participant, session)
-    if folder.exists() and any(folder.iterdir()):
+    leftovers = _entries(folder)
+    set_aside: tuple[Path, ...] = ()
+    if leftovers:
         info = _try_read_info(folder)
-        raise SessionExists(folder, _n_saved(folder), info["status"] if info else "unreadable session.json")
+        status = info["status"] if info else ("no session.json" if not (folder / SESSION_FILE).exists()
+                                              else "unreadable session.json")
+        if saved_row_count(folder) > 0 or status == "completed":
+            raise SessionExists(folder, _n_saved(folder), status)
+        # killed before its first trial was saved (even during the first session.json write): nothing was
+        # recorded, so it starts cleanly; its files are kept under another name (set_aside_leftovers)
+        set_aside = tuple(p for p in (folder / SESSION_FILE, folder / (SESSION_FILE + ".tmp"), folder / TRIALS_FILE)
+                          if p.exists())
     if counterbalance is None:
         counterbalance, rule = counterbalance_from_id(participant)
     else:
@@ -101,14 +116,17 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
         "simulated": simulated,
         "runs": [],
     }
-    return SessionPlan(folder, info, design, trials, 0, False)
+    return SessionPlan(folder, info, design, trials, 0, False, set_aside)
 
 
 def resume_session(data_dir: Path, experiment: str, participant: str, session: int, stimset: StimulusSet) -> SessionPlan:
     """Plan the continuation of a saved session, after checking it can be continued safely."""
     folder = session_dir(data_dir, experiment, participant, session)
     if not (folder / SESSION_FILE).is_file():
-        raise ResumeError(f"nothing to resume: {folder / SESSION_FILE} does not exist")
+        if saved_row_count(folder) == 0:
+            raise NothingSaved(f"nothing to resume in {folder}: no session.json and no saved trial")
+        raise ResumeError(f"cannot resume {folder}: {SESSION_FILE} is missing but {TRIALS_FILE} holds trials; "
+                          f"refusing to guess how they were run")
     info = read_session_info(folder)
     info = {k: v for k, v in info.items() if k not in ("schema", "schema_version")}
     if info["status"] == "completed":
@@ -150,6 +168,35 @@ def _saved_trials(folder: Path) -> list[dict]:
     TrialLog(folder / TRIALS_FILE).close()  # drops a partial last line left by a kill mid-write
     df = read_trials(folder)
     return df.astype({"candidate_units": str}).to_dict("records")
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What a session folder holds besides the lock note of its writer."""
+    from experiment.session_lock import LOCK_FILE
+
+    return [p for p in folder.iterdir() if p.name != LOCK_FILE] if folder.is_dir() else []
+
+
+def saved_row_count(folder: Path) -> int:
+    """Complete data rows in trials.csv (a torn last line without its newline does not count)."""
+    try:
+        data = (folder / TRIALS_FILE).read_bytes()
+    except FileNotFoundError:
+        return 0
+    return max(data.count(b"\n") - 1, 0)
+
+
+def set_aside_leftovers(plan: SessionPlan) -> list[Path]:
+    """Rename the files of a start that saved no trial (``<name>.restarted-<time>``) so the new start
+    writes fresh ones and nothing is deleted. Returns the new names."""
+    stamp = now_iso().replace(":", "").replace("+", "p")
+    moved = []
+    for p in plan.set_aside:
+        if p.exists():
+            target = p.with_name(f"{p.name}.restarted-{stamp}")
+            p.rename(target)
+            moved.append(target)
+    return moved
 
 
 def _n_saved(folder: Path) -> int:

@@ -30,5 +30,31 @@ if ! command -v xvfb-run >/dev/null || ! command -v xdotool >/dev/null || ! have
     exit 1
   fi
 fi
-# 24-bit depth: at 16 bits pyglet hangs when opening a window under Xvfb.
-exec xvfb-run -a -s "-screen 0 1920x1080x24" "$@"
+# Our own Xvfb rather than xvfb-run, so that nothing outlives this wrapper: xvfb-run stays the parent of the
+# command and traps signals, but a SIGKILL of it orphaned both the command and Xvfb. Here this process
+# *becomes* the command (exec), Xvfb gets a parent-death signal (it dies with the command, even on SIGKILL),
+# and fvmatch-session, when started by a script run here, dies with that script (FVMATCH_DIE_WITH_PARENT).
+export FVMATCH_DIE_WITH_PARENT=1
+DISPFILE=$(mktemp)
+if setpriv --help 2>&1 | grep -q -- --pdeathsig; then
+  setpriv --pdeathsig KILL Xvfb -displayfd 3 -screen 0 1920x1080x24 -nolisten tcp 3>"$DISPFILE" >/dev/null 2>&1 &
+  XVFB_PID=$!
+else  # util-linux older than 2.33: a watcher stops Xvfb once this process (then the command) is gone
+  Xvfb -displayfd 3 -screen 0 1920x1080x24 -nolisten tcp 3>"$DISPFILE" >/dev/null 2>&1 &
+  XVFB_PID=$!
+  ( trap '' HUP; while kill -0 $$ 2>/dev/null; do sleep 0.5; done; kill "$XVFB_PID" 2>/dev/null ) >/dev/null 2>&1 &
+fi
+NUMBER=""
+for _ in $(seq 1 200); do  # 24-bit depth: at 16 bits pyglet hangs when opening a window under Xvfb
+  if read -r NUMBER <"$DISPFILE" 2>/dev/null && [ -n "$NUMBER" ]; then break; fi
+  kill -0 "$XVFB_PID" 2>/dev/null || break
+  sleep 0.1
+done
+rm -f "$DISPFILE"
+if [ -z "$NUMBER" ]; then
+  echo "error: Xvfb did not start" >&2
+  kill "$XVFB_PID" 2>/dev/null || true
+  exit 1
+fi
+export DISPLAY=":$NUMBER"
+exec "$@"
