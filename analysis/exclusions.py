@@ -25,11 +25,15 @@ def apply_exclusions(
         raise ValueError(f"incomplete must be one of {INCOMPLETE_POLICIES}, not {incomplete!r}")
     if not 0 <= min_catch_accuracy <= 1:
         raise ValueError(f"min_catch_accuracy must be within [0, 1], not {min_catch_accuracy}")
-    is_incomplete = (sessions.status != "completed") | (sessions.n_trials_completed < sessions.n_trials_planned)
+    # n_rows: what trials.csv holds; a session marked completed with rows missing is incomplete too
+    n_rows = sessions.n_rows if "n_rows" in sessions else sessions.n_trials_completed
+    is_incomplete = ((sessions.status != "completed") | (sessions.n_trials_completed < sessions.n_trials_planned)
+                     | (n_rows < sessions.n_trials_planned))
     incomplete_rows = sessions[is_incomplete]
     incomplete_list = [
         {"folder": r.folder, "participant": r.participant, "session": int(r.session), "status": r.status,
-         "n_trials_completed": int(r.n_trials_completed), "n_trials_planned": int(r.n_trials_planned),
+         "n_trials_completed": int(min(r.n_trials_completed, getattr(r, "n_rows", r.n_trials_completed))),
+         "n_trials_planned": int(r.n_trials_planned),
          "handling": "trials kept" if incomplete == "include" else "session excluded"}
         for r in incomplete_rows.itertuples()
     ]

@@ -59,6 +59,7 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_sessions(inputs, opts.allow_mixed_sets, opts.allow_mixed_designs)
     excl = apply_exclusions(loaded.trials, loaded.sessions, opts.min_catch_accuracy, opts.incomplete)
+    excl.summary["session_problems"] = loaded.problems  # folders not analysed, rows left out (analysis.load)
     trials = excl.trials
     warns = list(loaded.warnings)
     written: list[Path] = []
@@ -281,6 +282,8 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
         f"incomplete sessions (policy: {ex['incomplete_policy']}): " + ("; ".join(
             f"{i['participant']} ses {i['session']} ({i['status']}, {i['n_trials_completed']}/{i['n_trials_planned']} "
             f"trials, {i['handling']})" for i in ex["incomplete_sessions"]) or "none"),
+        "session folders not analysed or read in part: " + ("; ".join(
+            f"{p['folder']} ({p['problem']}; {p['handling']})" for p in ex.get("session_problems", [])) or "none"),
     ]))
     if len(excl.catch):
         B.append(Block("table", excl.catch, "Catch-trial accuracy per participant (whole trial)."))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -99,17 +100,19 @@ def require_fields(path: Path, obj: dict, fields: dict[str, type | tuple[type, .
             raise ContractError(path, f"field '{label}' is {type(obj[name]).__name__}, expected {want}")
 
 
-def read_table(path: os.PathLike | str, columns: dict[str, str], allow_empty: bool = False) -> pd.DataFrame:
+def read_table(path: os.PathLike | str, columns: dict[str, str], allow_empty: bool = False,
+               text: str | None = None) -> pd.DataFrame:
     """Read a CSV and check required columns and their kinds.
 
     ``columns`` maps column name to one of ``str``, ``int``, ``float``, ``bool``. Extra columns are
     kept (forward compatible). Errors name the file, the column and the first bad row (1-based data row).
+    ``text``: the file's content, already read (and checked) by the caller; ``path`` then names it in errors.
     """
     path = Path(path)
-    if not path.is_file():
+    if text is None and not path.is_file():
         raise ContractError(path, "file not found")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(io.StringIO(text) if text is not None else path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as e:
         raise ContractError(path, "file is empty (no header row)") from e
     except (pd.errors.ParserError, UnicodeDecodeError) as e:

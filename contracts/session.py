@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import os
 import re
@@ -222,13 +223,64 @@ def _header(path: Path) -> list[str]:
         return []
 
 
-def read_trials(folder_or_file: os.PathLike | str, allow_empty: bool = True) -> pd.DataFrame:
-    """Read and validate a trials table. Errors name the file, row and column."""
+TORN_ROW_POLICIES = ("error", "drop")
+
+
+def _complete_rows_text(path: Path, torn_last_row: str) -> tuple[str, int | None]:
+    """The table's text with only complete rows: every row ends with its newline and has one cell per
+    header column. A last row without its newline is what a kill during ``TrialLog.append`` leaves:
+    ``torn_last_row="drop"`` leaves it out (returning its 1-based row number), ``"error"`` refuses."""
+    if not path.is_file():
+        raise ContractError(path, "file not found")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ContractError(path, f"not UTF-8 text ({e})") from e
+    torn = None
+    if text and not text.endswith("\n"):
+        cut = text.rfind("\n") + 1
+        if cut == 0:
+            raise ContractError(path, "the header row is incomplete (no newline): the file was cut while being written")
+        torn = text[:cut].count("\n")  # complete lines include the header: the torn row's 1-based data row number
+        if torn_last_row != "drop":
+            raise ContractError(path, f"row {torn}: incomplete last row (no final newline: the session was killed "
+                                      "while writing it); resuming the session drops it, the analysis reports it")
+        text = text[:cut]
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise ContractError(path, f"not a readable CSV table: {e}") from e
+    if rows:
+        for i, row in enumerate(rows[1:]):
+            if len(row) != len(rows[0]):
+                raise ContractError(path, f"row {i + 1}: {len(row)} cells but the header has {len(rows[0])} "
+                                          "(an incomplete or damaged row)")
+    return text, torn
+
+
+def read_trials(folder_or_file: os.PathLike | str, allow_empty: bool = True, torn_last_row: str = "error") -> pd.DataFrame:
+    """Read and validate a trials table. Errors name the file, row and column.
+
+    Rows must be complete (every cell present and parsed, the line ended by its newline). A torn last
+    row (a kill during the write) raises, or with ``torn_last_row="drop"`` is left out and its row
+    number put in ``df.attrs["torn_last_row"]`` for the caller to report.
+    """
+    if torn_last_row not in TORN_ROW_POLICIES:
+        raise ValueError(f"torn_last_row must be one of {TORN_ROW_POLICIES}, got {torn_last_row!r}")
     p = Path(folder_or_file)
     path = p / TRIALS_FILE if p.is_dir() else p
+    text, torn = _complete_rows_text(path, torn_last_row)
     # Tables written before 1.2 lack paused_s: read as unknown (NaN), not zero, since a pause may be in their times.
     older = [c for c in COLUMNS_ADDED_IN_1_2 if c not in _header(path)]
-    df = read_table(path, {k: v for k, v in TRIAL_COLUMNS.items() if k not in older}, allow_empty=allow_empty)
+    df = read_table(path, {k: v for k, v in TRIAL_COLUMNS.items() if k not in older}, allow_empty=allow_empty, text=text)
+    df.attrs["torn_last_row"] = torn
+    for i, onset in enumerate(df["onset"]):
+        try:
+            ok = _dt.datetime.fromisoformat(onset).tzinfo is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ContractError(path, f"column 'onset', row {i + 1}: {onset!r} is not an ISO time with its UTC offset")
     for col in older:
         df.insert(list(TRIAL_COLUMNS).index(col), col, float("nan"))
     for col, allowed in (("trial_type", TRIAL_TYPES),):
