@@ -151,6 +151,32 @@ def _check_against_design(fail, df: pd.DataFrame, info: dict) -> None:
             fail(int(bad[0]), col, f"{v.item() if hasattr(v, 'item') else v!r} is {what}")
 
 
+def _recheck_stimulus_set(row: dict, warns: list[str], cache: dict) -> str:
+    """Re-read the stimulus set a session recorded, when it is still where it was: a manifest edited after it
+    was written (e.g. random_weights) is refused, and the session's record must agree with the set."""
+    from contracts.stimulus_set import load_stimulus_set
+
+    path = row.get("set_path")
+    if not path or not Path(path).is_dir():
+        return "not found (not re-checked)"
+    key = str(Path(path).resolve())
+    if key not in cache:
+        try:
+            cache[key] = load_stimulus_set(key)
+        except ContractError as e:
+            raise InputError(f"{row['folder']}: its stimulus set cannot be trusted: {e}") from e
+        warns.extend(cache[key].warnings)
+    stimset = cache[key]
+    if stimset.manifest_sha256 != row["manifest_sha256"]:
+        warns.append(f"{row['folder']}: the stimulus set at {path} has changed since the session ran (manifest "
+                     f"sha256 {stimset.manifest_sha256[:12]}... now, {row['manifest_sha256'][:12]}... recorded)")
+        return "changed since the session"
+    if stimset.random_weights != row["random_weights"]:
+        raise InputError(f"{row['folder']}: session.json records random_weights={row['random_weights']} but its "
+                         f"stimulus set {path} says {stimset.random_weights}; refusing")
+    return "checked" if not stimset.warnings else "read (no manifest check: set older than schema 1.1)"
+
+
 def load_sessions(
     inputs: Iterable[os.PathLike | str], allow_mixed_sets: bool = False, allow_mixed_designs: bool = False
 ) -> LoadedSessions:
@@ -199,11 +225,15 @@ def load_sessions(
             "session": info["session"], "status": info["status"],
             "n_trials_planned": info["n_trials_planned"], "n_trials_completed": info["n_trials_completed"],
             "n_rows": len(df), "set_id": st["set_id"], "manifest_sha256": st["manifest_sha256"],
+            "set_path": st.get("path"),
             "random_weights": bool(st.get("random_weights", False)), "simulated": info["simulated"],
             # design_sha256 (session schema 1.1) is the experiment's own fingerprint of the config.
             "design_hash": info.get("design_sha256") or design_fingerprint(info["design"]),
             "design_fingerprint": design_fingerprint(info["design"]), "has_design_sha256": "design_sha256" in info,
         })
+    sets: dict = {}
+    for r in rows:
+        r["set_rechecked"] = _recheck_stimulus_set(r, warns, sets)
     if not rows:
         raise InputError("no session could be analysed: " + "; ".join(f"{p['folder']}: {p['problem']}" for p in problems))
     sessions = pd.DataFrame(rows)

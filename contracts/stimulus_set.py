@@ -15,6 +15,7 @@ activating) or ``feature_vis`` (rank = visualization index). ``file`` is relativ
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,11 +30,15 @@ from contracts.common import (
     read_table,
     require_fields,
     sha256_file,
+    sha256_json,
     write_json_atomic,
 )
 
 SCHEMA = "fvmatch.stimulus_set"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: content_sha256 of the manifest itself; images.csv column random_weights
+CONTENT_HASH_FIELD = "content_sha256"
+UNCHECKED_WARNING = ("was written before stimulus-set schema 1.1: edits of its manifest.json (e.g. of random_weights) "
+                     "cannot be detected")
 MANIFEST = "manifest.json"
 UNITS_TABLE = "units.csv"
 IMAGES_TABLE = "images.csv"
@@ -77,6 +82,7 @@ class StimulusSet:
     units: pd.DataFrame
     images: pd.DataFrame
     manifest_sha256: str = field(default="")
+    warnings: list[str] = field(default_factory=list)  # e.g. a set written before the manifest check existed
 
     @property
     def set_id(self) -> str:
@@ -122,6 +128,8 @@ def write_stimulus_set(root: os.PathLike | str, manifest: dict, units: pd.DataFr
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    # the random-weights status also lives in images.csv (hashed in the manifest): editing one field cannot remove it
+    images = images.assign(random_weights=int(bool(manifest["random_weights"])))
     _required_first(units, UNIT_COLUMNS).to_csv(root / UNITS_TABLE, index=False)
     _required_first(images, IMAGE_COLUMNS).to_csv(root / IMAGES_TABLE, index=False, float_format="%.9g")
     files = {UNITS_TABLE: sha256_file(root / UNITS_TABLE), IMAGES_TABLE: sha256_file(root / IMAGES_TABLE)}
@@ -136,12 +144,42 @@ def write_stimulus_set(root: os.PathLike | str, manifest: dict, units: pd.DataFr
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **{k: v for k, v in manifest.items() if k not in ("schema", "schema_version", "files")},
+        **{k: v for k, v in manifest.items() if k not in ("schema", "schema_version", "files", CONTENT_HASH_FIELD)},
         "files": files,
     }
+    full = json.loads(json.dumps(full, default=str))  # hash exactly what a reader will see
+    full[CONTENT_HASH_FIELD] = manifest_content_sha256(full)
     write_json_atomic(root / MANIFEST, full)
     load_stimulus_set(root)  # never leave a set behind that its readers would refuse
     return root / MANIFEST
+
+
+def manifest_content_sha256(manifest: dict) -> str:
+    """sha256 of the manifest's content (canonical JSON, sorted keys) without the ``content_sha256`` field:
+    any edit of any field, even a valid-looking one, changes it."""
+    return sha256_json({k: v for k, v in manifest.items() if k != CONTENT_HASH_FIELD})
+
+
+def _check_integrity(mpath: Path, manifest: dict, images: pd.DataFrame, ipath: Path) -> list[str]:
+    """Refuse a manifest edited after it was written; a set older than 1.1 is read with a warning."""
+    minor = int(str(manifest["schema_version"]).split(".")[1]) if "." in str(manifest["schema_version"]) else 0
+    if CONTENT_HASH_FIELD not in manifest:
+        if minor >= 1:
+            raise ContractError(mpath, f"missing field '{CONTENT_HASH_FIELD}' (schema {manifest['schema_version']} "
+                                       "records it): the manifest was edited; regenerate the set")
+        return [f"stimulus set {mpath.parent} {UNCHECKED_WARNING}"]
+    if manifest[CONTENT_HASH_FIELD] != manifest_content_sha256(manifest):
+        raise ContractError(mpath, f"the manifest was edited after it was written ('{CONTENT_HASH_FIELD}' does not "
+                                   "match its content); refusing a set whose provenance (random weights, parameters, "
+                                   "set id) may no longer be true. Regenerate the set")
+    if "random_weights" in images:
+        flags = set(images["random_weights"])
+        if flags != {str(int(manifest["random_weights"]))}:
+            raise ContractError(ipath, f"column 'random_weights' {sorted(flags)} disagrees with the manifest's "
+                                       f"random_weights={manifest['random_weights']}; refusing the set")
+    elif minor >= 1:
+        raise ContractError(ipath, "missing column random_weights (schema 1.1 records it)")
+    return []
 
 
 def _required_first(df: pd.DataFrame, required: dict) -> pd.DataFrame:
@@ -195,4 +233,6 @@ def load_stimulus_set(root: os.PathLike | str) -> StimulusSet:
     if dup.any():
         i = int(dup.to_numpy().nonzero()[0][0])
         raise ContractError(ipath, f"row {i + 1}: duplicate (unit_id, kind, rank) {tuple(images.loc[images.index[i], ['unit_id', 'kind', 'rank']])}")
-    return StimulusSet(root=root, manifest=manifest, units=units, images=images, manifest_sha256=sha256_file(mpath))
+    warnings = _check_integrity(mpath, manifest, images, ipath)
+    return StimulusSet(root=root, manifest=manifest, units=units, images=images, manifest_sha256=sha256_file(mpath),
+                       warnings=warnings)

@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         stimset = load_stimulus_set(args.stimuli)
     except ContractError as e:
         return _fail(f"cannot read the stimulus set: {e}")
+    for w in stimset.warnings:  # e.g. a set too old to carry the manifest check
+        print(f"fvmatch-session: WARNING: {w}", file=sys.stderr)
     problems = stimset.verify_files()
     if problems:
         shown = "\n  - ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
