@@ -11,6 +11,8 @@ the converted-files table) or skipped with its reason (skipped-files table):
 * zero-byte, missing, unreadable (permission), non-image, truncated/corrupt -> skipped;
 * grayscale, CMYK, palette, 16-bit -> converted to 8-bit RGB (16-bit scaled, not clipped);
 * RGBA / LA / palette with transparency -> composited on ``background`` (recorded);
+* an EXIF orientation tag (a camera's rotated photo) -> applied with ``ImageOps.exif_transpose`` before
+  anything else, so the image is upright as any viewer shows it (recorded as a conversion);
 * smaller than ``min_side`` on the short side (e.g. 8x8) -> skipped (upscaling 8 px to 224 px shows
   a blur, not the image); larger than PIL's decompression-bomb limit (~179 MP) -> skipped; huge
   JPEGs below it are decoded at reduced DCT scale (``draft``) first, which is faster and never
@@ -35,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DECODERS = ("pil", "torchvision")
@@ -60,6 +62,7 @@ class Preprocess:
         d = asdict(self)
         d["background"] = list(self.background)
         d["interpolation"] = "bilinear, antialiased; then center crop; rounded to uint8"
+        d["exif_orientation"] = "applied (PIL ImageOps.exif_transpose; each rotated file noted as a conversion)"
         return d
 
 
@@ -121,6 +124,9 @@ def decode_rgb(data: bytes, pp: Preprocess) -> tuple[Image.Image, str | None]:
             if fmt == "JPEG" and w * h > Image.MAX_IMAGE_PIXELS:  # huge: decode at reduced DCT scale
                 img.draft(img.mode, (max(1, w * 2 * pp.resize // min(w, h)), max(1, h * 2 * pp.resize // min(w, h))))
             img.load()
+            orientation = _exif_orientation(img)
+            if orientation != 1:  # a sideways photo must not enter sideways
+                img = ImageOps.exif_transpose(img)
     except SkipImage:
         raise
     except Image.DecompressionBombError as e:
@@ -129,7 +135,19 @@ def decode_rgb(data: bytes, pp: Preprocess) -> tuple[Image.Image, str | None]:
         raise SkipImage("not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
         raise SkipImage(f"corrupt or truncated {fmt}: {e}") from None
-    return to_rgb(img, pp.background)
+    img, note = to_rgb(img, pp.background)
+    if orientation != 1:
+        note = "; ".join(n for n in (f"EXIF orientation {orientation} applied", note) if n)
+    return img, note
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright, also when absent or unreadable)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if int(value) in range(1, 9) else 1
+    except Exception:  # a damaged EXIF block must not cost the image
+        return 1
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> tuple[Image.Image, str | None]:
@@ -177,7 +195,8 @@ def _plain_jpeg(data: bytes, pp: Preprocess) -> str | None:
     try:
         img = Image.open(io.BytesIO(data))  # header only
         w, h = img.size
-        ok = img.mode in ("RGB", "L") and pp.min_side <= min(w, h) and w * h <= 40_000_000
+        ok = (img.mode in ("RGB", "L") and pp.min_side <= min(w, h) and w * h <= 40_000_000
+              and _exif_orientation(img) == 1)  # rotated photos take the PIL path, which applies the tag
         return img.mode if ok else None
     except Exception:
         return None

@@ -70,3 +70,38 @@ def test_out_holding_a_text_file_collection_is_refused(folder_collection, tmp_pa
     lst.write_text("\n".join(str(p) for p in sorted(folder_collection.iterdir())) + "\n")
     assert cli.main(["--out", str(tmp_path), "--collection", str(lst), "--overwrite", *SMALL]) == 1
     assert "contains the collection" in capsys.readouterr().err and lst.is_file()
+
+
+def _rotated_jpeg(path, orientation: int = 6):
+    """A 60x40 JPEG stored sideways, as a camera writes it: left half red, right half blue when shown upright."""
+    import numpy as np
+    from PIL import Image
+
+    upright = np.zeros((40, 60, 3), np.uint8)
+    upright[:, :30] = (255, 0, 0)
+    upright[:, 30:] = (0, 0, 255)
+    stored = np.rot90(upright, k=1)  # orientation 6: the viewer rotates 90 degrees clockwise to show it upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=95, exif=exif.tobytes())
+    return upright
+
+
+@pytest.mark.parametrize("decoder", ["pil", "torchvision"])
+def test_exif_orientation_is_applied_and_recorded(decoder, tmp_path):
+    import numpy as np
+
+    from stimuli_gen.collection import ImageDataset, Preprocess, load_crop
+
+    path = tmp_path / "rotated.jpg"
+    upright = _rotated_jpeg(path)
+    pp = Preprocess(resize=40, crop=40, min_side=8)
+    crop, note = load_crop(str(path), pp)
+    assert note == "EXIF orientation 6 applied"
+    img = crop.permute(1, 2, 0).numpy().astype(int)
+    # upright: red on the left, blue on the right (the crop is the central 40x40 of the 60x40 image)
+    assert img[20, 2, 0] > 200 and img[20, 2, 2] < 60 and img[20, 37, 2] > 200 and img[20, 37, 0] < 60
+    assert np.abs(img - upright[:, 10:50].astype(int)).mean() < 10
+    index, kind, payload, note = ImageDataset([str(path)], [0], pp, decoder)[0]
+    assert kind == "pixels" and note == "EXIF orientation 6 applied"  # never the orientation-blind batch decoder
+    assert Preprocess().to_dict()["exif_orientation"].startswith("applied")
