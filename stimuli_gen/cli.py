@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = config_from_args(args)
+        cfg.check()  # every value usable, before any folder is made
         generate(cfg)
     except (WeightsUnavailable, CollectionError, ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
         print(f"fvmatch-stimuli: error: {e}", file=sys.stderr)

@@ -135,6 +135,36 @@ class GeneratorConfig:
             raise ValueError(f"{path}: not valid TOML ({e})") from e
         return cls.from_dict(data, str(path))
 
+    def check(self) -> None:
+        """Refuse values no run can use (ValueError naming the setting and its flag), before any work or
+        folder is made: e.g. ``--units-per-group 0`` ended in a StopIteration and left ``out/.work`` behind."""
+        def need(ok: bool, key: str, flag: str, what: str, value: Any) -> None:
+            if not ok:
+                raise ValueError(f"{key} ({flag}) must be {what}, got {value!r}")
+
+        u, ex, col, fv = self.units, self.exemplars, self.collection, self.feature_vis
+        if not u.explicit and not u.file:
+            need(u.per_group >= 1, "units.per_group", "--units-per-group", ">= 1", u.per_group)
+        need(ex.k >= 1, "exemplars.k", "--k", ">= 1", ex.k)
+        need(ex.spares >= 0, "exemplars.spares", "--spares", ">= 0", ex.spares)
+        need(ex.margin is None or ex.margin >= 0, "exemplars.margin", "--margin", ">= 0", ex.margin)
+        need(ex.dedupe_hamming >= -1, "exemplars.dedupe_hamming", "--dedupe-hamming", ">= -1 (-1: off)", ex.dedupe_hamming)
+        need(ex.checkpoint_every_s > 0, "exemplars.checkpoint_every_s", "config", "> 0 seconds", ex.checkpoint_every_s)
+        need(col.resize >= 1, "collection.resize", "--resize", ">= 1 px", col.resize)
+        need(1 <= col.crop <= col.resize, "collection.crop", "--crop", f"between 1 and the resize size ({col.resize}) px",
+             col.crop)
+        need(col.min_side >= 1, "collection.min_side", "--min-side", ">= 1 px", col.min_side)
+        need(col.batch_size >= 1, "collection.batch_size", "--batch-size", ">= 1", col.batch_size)
+        need(col.workers >= -1, "collection.workers", "--workers", ">= -1 (-1: automatic)", col.workers)
+        need(len(col.background) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in col.background),
+             "collection.background", "config", "three integers 0-255", col.background)
+        need(fv.per_unit >= 0, "feature_vis.per_unit", "--fv-per-unit", ">= 0 (0: no rendering)", fv.per_unit)
+        for key, flag in (("steps", "--fv-steps"), ("size", "--fv-size")):
+            if key in fv.overrides:
+                v = fv.overrides[key]
+                need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"feature_vis.{key}", flag, ">= 1", v)
+        need(self.run.seed >= 0, "run.seed", "--seed", ">= 0", self.run.seed)
+
     def set(self, dotted: str, value: Any, where: str = "override") -> None:
         """Set ``section.key`` with a type check against the default (a CLI override or a TOML entry)."""
         section, _, key = dotted.partition(".")

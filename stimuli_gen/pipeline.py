@@ -24,11 +24,11 @@ from contracts.stimulus_set import _SET_ID, image_relpath, write_stimulus_set
 from stimuli_gen import distributed as D
 from stimuli_gen.collection import DECODERS, Preprocess, list_collection
 from stimuli_gen.config import GeneratorConfig
-from stimuli_gen.safety import check_output_folder
 from stimuli_gen.exemplars import (PassOptions, choose_exemplars, lists_from_activations, pass_fingerprint, rescore,
                                    run_pass, write_crops)
 from stimuli_gen.models import (DEFAULT_LAYER_GROUPS, RANDOM_WEIGHTS_WARNING, RELU_MODES, TORCHVISION_WEIGHTS_FILE,
                                 LoadedModel, load_model)
+from stimuli_gen.safety import check_output_folder, exemplar_overlap_note
 from stimuli_gen.topk import EMPTY_INDEX
 from stimuli_gen.units import parse_unit_list, read_unit_file, sample_units
 
@@ -209,6 +209,10 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         natural["source"] = [_relative_source(paths[i], root) for i in natural.image_index]
         natural["spare"] = (natural["rank"] >= ex.k).astype(int)  # 0/1 like the contract booleans
         write_crops(natural, paths, pp, out)
+        overlap = exemplar_overlap_note(natural, ex.k)
+        if overlap:
+            notes.append(overlap)
+            say(f"WARNING: {overlap}", file=sys.stderr)
         n_changed = int((natural.activation != natural.pass_activation).sum())
         if natural.attrs["boundary"] and not exact_pass:
             msg = (f"the last of the {opts.keep} candidates was chosen for {len(natural.attrs['boundary'])} unit "

@@ -89,3 +89,20 @@ def check_output_folder(out: str | Path, source: str, builtin_dir: str, overwrit
     if why:
         raise FileExistsError(f"{out} is not a stimulus set ({why}): --overwrite only replaces a stimulus set; "
                               f"nothing was deleted. Choose another --out, or move that folder away yourself")
+
+
+def exemplar_overlap_note(natural, k: int) -> str | None:
+    """A warning when a unit's top-k and bottom-k natural exemplars share images (k close to the number of
+    usable images): such a unit's two sides do not contrast. None when no unit is affected."""
+    shown = natural[natural["rank"] < k]
+    overlapping = []
+    for unit, g in shown.groupby("unit_id", sort=True):
+        both = set(g.image_index[g.kind == "natural_max"]) & set(g.image_index[g.kind == "natural_min"])
+        if both:
+            overlapping.append((unit, len(both)))
+    if not overlapping:
+        return None
+    unit, n = overlapping[0]
+    return (f"the top-{k} and bottom-{k} natural exemplars share images for {len(overlapping)} unit(s) (e.g. {unit}: "
+            f"{n} of {k}): k is too large for the usable images of the collection; the two sides of such a unit "
+            f"do not contrast. Use a smaller --k or a larger collection")

@@ -105,3 +105,38 @@ def test_exif_orientation_is_applied_and_recorded(decoder, tmp_path):
     index, kind, payload, note = ImageDataset([str(path)], [0], pp, decoder)[0]
     assert kind == "pixels" and note == "EXIF orientation 6 applied"  # never the orientation-blind batch decoder
     assert Preprocess().to_dict()["exif_orientation"].startswith("applied")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--units-per-group", "0"], "units.per_group (--units-per-group) must be >= 1, got 0"),
+    (["--units-per-group", "-2"], "units.per_group (--units-per-group) must be >= 1, got -2"),
+    (["--k", "0"], "exemplars.k (--k) must be >= 1"),
+    (["--batch-size", "0"], "collection.batch_size (--batch-size) must be >= 1"),
+    (["--crop", "300"], "collection.crop (--crop) must be between 1 and the resize size (72) px"),
+    (["--fv-steps", "0"], "feature_vis.steps (--fv-steps) must be >= 1"),
+    (["--seed", "-1"], "run.seed (--seed) must be >= 0"),
+])
+def test_unusable_values_are_refused_before_any_folder_is_made(extra, message, folder_collection, tmp_path, capsys,
+                                                              no_work):
+    out = tmp_path / "new-set"
+    assert cli.main(["--out", str(out), "--collection", str(folder_collection), *SMALL, *extra]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_overlapping_top_and_bottom_exemplars_are_warned_about(folder_collection, tmp_path, capsys):
+    import json
+
+    from stimuli_gen.safety import exemplar_overlap_note
+
+    out = tmp_path / "overlap-set"
+    args = ["--out", str(out), "--collection", str(folder_collection), *SMALL, "--units", "inception3a:3", "--k", "4"]
+    assert cli.main(args) == 0  # 6 images, k = 4: at least 2 images are both top-4 and bottom-4
+    err = capsys.readouterr().err
+    assert "WARNING: the top-4 and bottom-4 natural exemplars share images for 1 unit(s)" in err
+    assert any("share images" in n for n in json.loads((out / "manifest.json").read_text())["notes"])
+    import pandas as pd
+
+    disjoint = pd.DataFrame({"unit_id": ["u"] * 4, "kind": ["natural_max"] * 2 + ["natural_min"] * 2,
+                             "rank": [0, 1, 0, 1], "image_index": [5, 6, 1, 2]})
+    assert exemplar_overlap_note(disjoint, 2) is None
