@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-activations", action="store_true", default=None,
                    help="also save every channel's activation on every image (float16 activations.npy)")
     p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing stimulus set (only a folder that is one; never the collection)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--builtin-collection", metavar="DIR", help="write the built-in natural-image collection to DIR and exit")
     return p

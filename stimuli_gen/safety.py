@@ -15,7 +15,7 @@ WORK_DIR = ".work"  # the generator's checkpoints inside the output folder
 # Top-level names the generator writes into a set folder (besides what the manifest lists).
 GENERATOR_NAMES = {MANIFEST, MANIFEST + ".tmp", UNITS_TABLE, IMAGES_TABLE, "images", WORK_DIR, "skipped_files.csv",
                    "converted_files.csv", "collection_files.csv", "validation.csv", "activations.npy",
-                   "activation_channels.csv"}
+                   "activations_columns.csv"}
 
 
 def _inside(path: Path, folder: Path) -> bool:
