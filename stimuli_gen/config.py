@@ -64,6 +64,7 @@ class UnitsConfig:
     explicit: list[str] | None = None  # ["layer:channel[:group]", ...]
     file: str | None = None  # CSV (layer, channel[, group]) or text of layer:channel[:group]
     seed: int | None = None  # None: run.seed
+    method: str = "stratified"  # stratified (equal per layer of a group) | uniform (over (layer, channel) pairs)
 
 
 @dataclass
