@@ -21,7 +21,7 @@ Every field ends up in the manifest (``GeneratorConfig.to_dict()``). Example::
     relu = "pre"                    # pre | post
     [feature_vis]
     per_unit = 5
-    preset = "lucid"
+    preset = "fvmatch"              # fvmatch (diversity weight searched per unit) | lucid | borowski2021
     [feature_vis.overrides]         # passed to RenderConfig.from_preset
     steps = 512
     [run]
@@ -86,7 +86,7 @@ class ExemplarConfig:
 @dataclass
 class FeatureVisConfig:
     per_unit: int = 5
-    preset: str = "lucid"  # lucid | borowski2021 (stimuli_gen.render)
+    preset: str = "fvmatch"  # fvmatch (searched diversity weight) | lucid | borowski2021 (fixed weight 100, as published); stimuli_gen.render
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
