@@ -33,7 +33,7 @@ from contracts.common import (
 )
 
 SCHEMA = "fvmatch.stimulus_set"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: feature-visualization search columns, calibration and sampling records (issue 17)
 MANIFEST = "manifest.json"
 UNITS_TABLE = "units.csv"
 IMAGES_TABLE = "images.csv"
