@@ -15,6 +15,12 @@ Both are timed over a few steps after warm-up and extrapolated to 512 steps (sta
 compilation time is printed separately, not included. On CPU the median step time is used, since
 the cores are often shared and single steps stall.
 Prints visualizations/s at 512 steps for both, their ratio, the batch size and the device.
+
+(c) the cost of the diversity search (preset ``fvmatch``) next to a fixed weight (``lucid``), same
+    units, steps and batch, both rendered in full through ``render_feature_visualizations`` (not
+    extrapolated): seconds, optimizations per unit, mean steps run (early stopping), and how many
+    units' FVs all beat their best natural image. Targets are the best of ``--natural`` built-in
+    images; random weights are recalibrated on them first (``stimuli_gen.random_net``).
 Goal on one H100 at 224 px: >= 20 visualizations/s and >= 50x the one-at-a-time baseline.
 
     .venv/bin/python bench/render.py --quick                  # CPU, small images, < 1 minute
@@ -28,6 +34,7 @@ about six 512-step batches stopping at the same layer (see ``stimuli_gen.render`
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -165,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--timed-steps", type=int, default=None, help="timed steps per batch (20; 3 quick)")
     p.add_argument("--baseline-steps", type=int, default=None, help="timed steps of the baseline (10; 2 quick)")
+    p.add_argument("--search-steps", type=int, default=None, help="(c) steps per optimization (512; 32 quick)")
+    p.add_argument("--natural", type=int, default=None, help="(c) built-in natural images for the targets (108; 24 quick)")
+    p.add_argument("--skip-search", action="store_true", help="skip (c)")
     a = p.parse_args(argv)
 
     quick = a.quick
@@ -225,7 +235,55 @@ def main(argv: list[str] | None = None) -> int:
           f"bf16 {rt['amp_bf16']}, channels_last {rt['channels_last']}, compiled graphs (up to): "
           f"{rt['compiled_up_to'] or 'none'}")
     print(f"ratio (b)/(a): {rate / base_rate:.1f}x")
+    if not a.skip_search:
+        steps = a.search_steps or (32 if quick else LUCID_STEPS)
+        compare_search(model, units, cfg, device, steps, a.natural or (24 if quick else 108))
     return 0
+
+
+def compare_search(model, units, cfg: R.RenderConfig, device: torch.device, steps: int, n_natural: int) -> None:
+    """(c) the diversity search against a fixed weight, same units, steps and batch, rendered in full."""
+    from stimuli_gen.builtin_collection import write_builtin_collection
+    from stimuli_gen.collection import Preprocess, list_collection, load_crop
+    from stimuli_gen.models import channel_statistic
+    from stimuli_gen.random_net import calibrate_on_collection
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_builtin_collection(Path(tmp) / "builtin")
+        paths, _ = list_collection(Path(tmp) / "builtin")
+        paths = paths[:: max(1, len(paths) // n_natural)][:n_natural]
+        model.net.to("cpu")
+        if calibrate_on_collection(model, paths, Preprocess()):
+            print(f"(c) random network: {model.weights['calibration']['method']}")
+        model.net.to(device)
+        x = torch.stack([load_crop(p, Preprocess())[0] for p in paths]).float().div(255).to(device)
+        layers = list(dict.fromkeys(units.layer))
+        with torch.no_grad():
+            acts = model.net.forward_layers(x, layers, relu=cfg.relu)
+        targets = {u: float(channel_statistic(acts[l][:, [c]], cfg.statistic).max())
+                   for u, l, c in zip(units.unit_id, units.layer, units.channel)}
+        out = {}
+        for name, preset in (("fixed weight 100 (lucid)", "lucid"), ("diversity search (fvmatch)", "fvmatch")):
+            c = R.RenderConfig.from_preset(preset, **{k: getattr(cfg, k) for k in ("size", "out_size", "n_vis",
+                                                                                    "batch_size", "compile")},
+                                           steps=steps)
+            sync(device)
+            t0 = time.perf_counter()
+            rows = R.render_feature_visualizations(model, units, c, Path(tmp) / preset, device=device, progress=False,
+                                                   targets=targets)
+            sync(device)
+            out[name] = (time.perf_counter() - t0, rows)
+        (t_fixed, fixed), (t_search, searched) = out.values()
+        for name, (t, rows) in out.items():
+            per_unit = rows.groupby("unit_id", sort=False)
+            tries = per_unit.search_tries.first().map(lambda s: max(1, len(json.loads(s))))
+            beat = int((per_unit.margin.min() > 0).sum())
+            print(f"(c) {name}: {t:.1f} s for {len(rows)} visualizations at {steps} steps; "
+                  f"{tries.mean():.2f} optimizations per unit, {rows.steps_run.mean():.0f} steps run on average; "
+                  f"every FV beats the best of {len(paths)} natural images for {beat}/{len(per_unit)} units")
+        print(f"(c) cost of the search: {t_search / t_fixed:.2f}x the fixed weight's time "
+              f"(same run, device {device}, {steps} steps, {len(units)} units x {cfg.n_vis} FVs)")
+
 
 
 if __name__ == "__main__":

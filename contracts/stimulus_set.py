@@ -35,7 +35,8 @@ from contracts.common import (
 )
 
 SCHEMA = "fvmatch.stimulus_set"
-SCHEMA_VERSION = "1.1"  # 1.1: content_sha256 of the manifest itself; images.csv column random_weights
+SCHEMA_VERSION = "1.1"  # 1.1: content_sha256 of the manifest itself; images.csv column random_weights;
+# feature-visualization search columns, calibration and sampling records (issue 17)
 CONTENT_HASH_FIELD = "content_sha256"
 UNCHECKED_WARNING = ("was written before stimulus-set schema 1.1: edits of its manifest.json (e.g. of random_weights) "
                      "cannot be detected")

@@ -21,7 +21,7 @@ Every field ends up in the manifest (``GeneratorConfig.to_dict()``). Example::
     relu = "pre"                    # pre | post
     [feature_vis]
     per_unit = 5
-    preset = "lucid"
+    preset = "fvmatch"              # fvmatch (diversity weight searched per unit) | lucid | borowski2021
     [feature_vis.overrides]         # passed to RenderConfig.from_preset
     steps = 512
     [run]
@@ -64,6 +64,7 @@ class UnitsConfig:
     explicit: list[str] | None = None  # ["layer:channel[:group]", ...]
     file: str | None = None  # CSV (layer, channel[, group]) or text of layer:channel[:group]
     seed: int | None = None  # None: run.seed
+    method: str = "stratified"  # stratified (equal per layer of a group) | uniform (over (layer, channel) pairs)
 
 
 @dataclass
@@ -85,7 +86,7 @@ class ExemplarConfig:
 @dataclass
 class FeatureVisConfig:
     per_unit: int = 5
-    preset: str = "lucid"  # lucid | borowski2021 (stimuli_gen.render)
+    preset: str = "fvmatch"  # fvmatch (searched diversity weight) | lucid | borowski2021 (fixed weight 100, as published); stimuli_gen.render
     overrides: dict[str, Any] = field(default_factory=dict)
 
 

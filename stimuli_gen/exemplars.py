@@ -63,6 +63,7 @@ class PassResult:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     converted: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
+    zero_counts: torch.Tensor | None = None  # U: images whose post-ReLU activation is exactly 0 (relu "post")
 
 
 class UnitReader:
@@ -77,16 +78,34 @@ class UnitReader:
                                torch.as_tensor(units.channel.to_numpy()[pos].astype(np.int64), device=device)))
         self.n = len(units)
 
-    def __call__(self, acts: dict[str, torch.Tensor], statistic: str) -> torch.Tensor:
+    def __call__(self, acts: dict[str, torch.Tensor], statistic: str, post_from_pre: bool = False) -> torch.Tensor:
+        """``B x U`` unit activations. ``post_from_pre``: ``acts`` are pre-ReLU maps and the result is the
+        post-ReLU ranking key ``post_key`` (the post-ReLU statistic, ties at 0 broken by the pre-ReLU one)."""
         b = next(iter(acts.values())).shape[0]
         out = torch.empty(b, self.n, device=next(iter(acts.values())).device)
         for layer, pos, ch in self.parts:
             a = acts[layer]
-            if 4 * len(ch) < a.shape[1]:  # few channels: select the maps first
+            if post_from_pre:
+                maps = a.index_select(1, ch)
+                out[:, pos] = post_key(fp32_statistic(torch.relu(maps), statistic), fp32_statistic(maps, statistic))
+            elif 4 * len(ch) < a.shape[1]:  # few channels: select the maps first
                 out[:, pos] = fp32_statistic(a.index_select(1, ch), statistic)
             else:  # many: one read of the layer, then pick the channels
                 out[:, pos] = fp32_statistic(a, statistic).index_select(1, ch)
         return out
+
+
+POST_TIE_RULE = ("relu 'post': images are ranked by the post-ReLU statistic; images where it is exactly 0 (every "
+                 "pre-ReLU value <= 0) tie there and are ranked among themselves by the pre-ReLU statistic (<= 0), "
+                 "then by lower image index; the recorded activation is the post-ReLU value (0)")
+
+
+def post_key(post: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """One number that ranks images by the post-ReLU statistic and breaks its ties at 0 by the pre-ReLU
+    statistic: ``post`` where it is > 0, else ``pre`` (<= 0 there, for the mean and the max alike:
+    the post-ReLU value is 0 only when every pre-ReLU value is <= 0). ``clamp(key, min=0)`` gives the
+    post-ReLU value back."""
+    return torch.where(post > 0, post, torch.minimum(pre, torch.zeros_like(pre)))
 
 
 def fp32_statistic(acts: torch.Tensor, statistic: str) -> torch.Tensor:
@@ -144,6 +163,8 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
     reader = UnitReader(units, device)
     layers = list(dict.fromkeys([*reader.layers, *(all_channels or {})]))
     lists = ExtremeLists.empty(len(units), opts.keep, device)
+    post = opts.relu == "post"  # rank by post_key: ties at 0 broken by the pre-ReLU statistic
+    zeros = torch.zeros(len(units), dtype=torch.long, device=device)
     position, skipped, converted = 0, [], []
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if resume and ckpt and ckpt.is_file():
@@ -153,6 +174,7 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
                                f"parameters); delete it or run without --resume")
         lists = ExtremeLists.from_state_dict(state["lists"], device)
         position, skipped, converted = state["position"], list(map(tuple, state["skipped"])), list(map(tuple, state["converted"]))
+        zeros = state.get("zeros", zeros.cpu()).to(device)
     memmap = None
     if activations_path is not None and all_channels:
         n_cols = sum(all_channels.values())
@@ -171,7 +193,7 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
             memmap.flush()
         tmp = ckpt.with_name(ckpt.name + ".tmp")
         torch.save({"fingerprint": fingerprint, "position": pos, "lists": lists.state_dict(),
-                    "skipped": skipped, "converted": converted}, tmp)
+                    "skipped": skipped, "converted": converted, "zeros": zeros.cpu()}, tmp)
         os.replace(tmp, ckpt)
 
     t0 = time.perf_counter()
@@ -190,10 +212,14 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
                     if opts.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with autocast_for(device, precision):
-                        acts = net_dev.forward_layers(x, layers, relu=opts.relu)
-                    lists = lists.update(reader(acts, opts.statistic), index.to(device))
+                        acts = net_dev.forward_layers(x, layers, relu="pre" if post else opts.relu)
+                    v = reader(acts, opts.statistic, post_from_pre=post)
+                    lists = lists.update(v, index.to(device))
+                    if post:
+                        zeros = zeros + (v <= 0).sum(0)
                     if memmap is not None:
-                        full = torch.cat([fp32_statistic(acts[l], opts.statistic) for l in all_channels], 1)
+                        full = torch.cat([fp32_statistic(torch.relu(acts[l]) if post else acts[l], opts.statistic)
+                                          for l in all_channels], 1)
                         rows = [row_of[int(i)] for i in index]
                         memmap[rows] = full.cpu().numpy().astype(memmap.dtype)
                 skipped += batch.skipped
@@ -210,7 +236,7 @@ def run_pass(net: FeatureNet, paths: list[str], indices: list[int], units: pd.Da
     if memmap is not None:
         memmap.flush()
     return PassResult(lists=lists, n_seen=position, skipped=sorted(skipped), converted=sorted(converted),
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, zero_counts=zeros.cpu() if post else None)
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -287,8 +313,8 @@ def rescore(net: FeatureNet, paths: list[str], candidate_index: list[int], units
             chunk = batch.pixel_index.tolist()
             crops = batch.pixels.to(device, non_blocking=True)
             if with_values:
-                acts = net.forward_layers(crops.float() / 255.0, reader.layers, relu=relu)
-                v = reader(acts, statistic).cpu()
+                acts = net.forward_layers(crops.float() / 255.0, reader.layers, relu="pre" if relu == "post" else relu)
+                v = reader(acts, statistic, post_from_pre=relu == "post").cpu()
             h = dhash(crops).cpu()
             for j, i in enumerate(chunk):
                 hashes[i] = h[j]

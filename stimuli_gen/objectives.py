@@ -110,13 +110,30 @@ def mean_pairwise(sim: torch.Tensor) -> torch.Tensor:
     return sim[:, iu[0], iu[1]].mean(-1)
 
 
-def batch_loss(acts: dict[str, torch.Tensor], plan: BatchPlan, diversity_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss to minimise (minus the sum of the per-unit Lucid objectives) and each image's activation."""
-    a = unit_activations(acts, plan)
+def unit_objectives(acts: dict[str, torch.Tensor], plan: BatchPlan, diversity_weight: float | torch.Tensor,
+                    statistic: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit's objective (``U``, to maximise) and each image's activation (``B``, detached).
+
+    ``diversity_weight``: one weight for every unit, or a ``U`` tensor (a weight per unit, as the
+    diversity search uses). ``statistic``: the activation the images maximise, the spatial ``mean``
+    (Lucid) or ``max`` of the channel, the same statistic that ranks the natural exemplars.
+    """
+    a = unit_activations(acts, plan, statistic)
     per_unit = a.reshape(plan.n_units, plan.n_vis).mean(1)
-    if diversity_weight and plan.n_vis > 1:
-        per_unit = per_unit - diversity_weight * lucid_diversity(unit_gram_similarity(acts, plan))
-    return -per_unit.sum(), a.detach()
+    w = diversity_weight
+    weighted = bool((w != 0).any()) if isinstance(w, torch.Tensor) else bool(w)
+    if weighted and plan.n_vis > 1:
+        if isinstance(w, torch.Tensor):
+            w = w.to(per_unit.device, per_unit.dtype)
+        per_unit = per_unit - w * lucid_diversity(unit_gram_similarity(acts, plan))
+    return per_unit, a.detach()
+
+
+def batch_loss(acts: dict[str, torch.Tensor], plan: BatchPlan, diversity_weight: float | torch.Tensor,
+               statistic: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss to minimise (minus the sum of the per-unit Lucid objectives) and each image's activation."""
+    per_unit, a = unit_objectives(acts, plan, diversity_weight, statistic)
+    return -per_unit.sum(), a
 
 
 class _RedirectedReLU(torch.autograd.Function):

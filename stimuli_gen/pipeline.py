@@ -24,13 +24,13 @@ from contracts.stimulus_set import _SET_ID, image_relpath, write_stimulus_set
 from stimuli_gen import distributed as D
 from stimuli_gen.collection import DECODERS, Preprocess, list_collection
 from stimuli_gen.config import GeneratorConfig
-from stimuli_gen.exemplars import (PassOptions, choose_exemplars, lists_from_activations, pass_fingerprint, rescore,
+from stimuli_gen.exemplars import (POST_TIE_RULE, PassOptions, choose_exemplars, lists_from_activations, pass_fingerprint, rescore,
                                    run_pass, write_crops)
 from stimuli_gen.models import (DEFAULT_LAYER_GROUPS, RANDOM_WEIGHTS_WARNING, RELU_MODES, TORCHVISION_WEIGHTS_FILE,
                                 LoadedModel, load_model)
 from stimuli_gen.safety import check_output_folder, exemplar_overlap_note
 from stimuli_gen.topk import EMPTY_INDEX
-from stimuli_gen.units import parse_unit_list, read_unit_file, sample_units
+from stimuli_gen.units import SAMPLING_RULES, parse_unit_list, read_unit_file, sample_units
 
 WORK_DIR = ".work"  # checkpoints inside the output folder, removed when the set is complete
 SKIPPED_TABLE = "skipped_files.csv"
@@ -70,7 +70,7 @@ def _units(cfg: GeneratorConfig, model: LoadedModel, groups: dict[str, list[str]
         units = read_unit_file(cfg.units.file, groups)
     else:
         seed = cfg.run.seed if cfg.units.seed is None else cfg.units.seed
-        return sample_units(groups, model.net.channels, cfg.units.per_group, seed)
+        return sample_units(groups, model.net.channels, cfg.units.per_group, seed, cfg.units.method)
     model.check_units(zip(units.layer, units.channel))
     bad = units[~units.group.isin(list(groups))]
     if len(bad):
@@ -152,6 +152,12 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
             notes.append(weights_note)
         say(f"{RANDOM_BANNER}\n{' '.join(notes)}\n{RANDOM_BANNER}", file=sys.stderr)
     pp = Preprocess(resize=col.resize, crop=col.crop, min_side=col.min_side, background=tuple(col.background))
+    if model.random_weights:
+        from stimuli_gen.random_net import calibrate_on_collection
+
+        calibration = calibrate_on_collection(model, paths, pp)
+        if calibration:
+            say(f"random network: {calibration['method']}")
     margin = ex.k if ex.margin is None else ex.margin
     opts = PassOptions(statistic=ex.statistic, relu=ex.relu, precision=ex.precision, channels_last=ex.channels_last,
                        batch_size=col.batch_size, workers=_workers(col.workers), decoder=decoder,
@@ -179,7 +185,9 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         t0 = time.perf_counter()
         lists, skipped, converted = _lists_from_saved(Path(ex.activations_from), paths, pp, model, ex, units, opts.keep)
         pass_seconds, n_seen = time.perf_counter() - t0, len(paths)
+        zero_counts = None  # saved post-ReLU activations cannot break ties at 0
     else:
+        zero_counts = None
         indices = D.shard(list(range(len(paths))), info)
         res = run_pass(model.net, paths, indices, units, pp, opts, device,
                        checkpoint_path=work / f"pass_rank{info.rank}.pt", resume=cfg.run.resume, fingerprint=fingerprint,
@@ -188,7 +196,9 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
                        all_channels=all_channels, activations_dtype=ex.activations_dtype)
         lists = D.merge_across_ranks(res.lists.to("cpu"), info)
         gathered = D.gather_objects({"skipped": res.skipped, "converted": res.converted, "n": res.n_seen,
-                                     "seconds": res.seconds}, info)
+                                     "seconds": res.seconds, "zeros": res.zero_counts}, info)
+        if ex.relu == "post":
+            zero_counts = sum(g["zeros"] for g in gathered)
         skipped = sorted(s for g in gathered for s in g["skipped"])
         converted = sorted(s for g in gathered for s in g["converted"])
         pass_seconds = max(g["seconds"] for g in gathered)
@@ -205,6 +215,10 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         values, hashes = rescore(model.net, paths, cand, units, pp, ex.statistic, ex.relu, device, col.batch_size,
                                  with_values=not exact_pass, with_hashes=ex.dedupe_hamming >= 0, workers=opts.workers)
         natural = choose_exemplars(lists, None if exact_pass else values, hashes, units, n_needed, ex.dedupe_hamming)
+        bottom_ties = _bottom_ties(natural, zero_counts, units, n_seen - len(skipped), ex.relu)
+        if bottom_ties["warning"]:
+            notes.append(bottom_ties["warning"])
+            say(f"WARNING: {bottom_ties['warning']}", file=sys.stderr)
         natural["file"] = [image_relpath(u, k, r) for u, k, r in zip(natural.unit_id, natural.kind, natural["rank"])]
         natural["source"] = [_relative_source(paths[i], root) for i in natural.image_index]
         natural["spare"] = (natural["rank"] >= ex.k).astype(int)  # 0/1 like the contract booleans
@@ -223,21 +237,10 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         say(f"exemplars: {len(natural)} crops from {len(cand)} candidates" + (
             "" if exact_pass else f"; fp32 re-scoring changed {n_changed} values of the {precision} pass"))
 
+    else:
+        bottom_ties = None
     # ---- feature visualizations (every rank; the renderer shards units) ----
-    fv_rows, fv_params, val = None, None, None
-    if cfg.feature_vis.per_unit > 0:
-        from stimuli_gen.render import RenderConfig, render_feature_visualizations, validate_feature_vis
-
-        # the visualizations report the same unit activation (statistic, ReLU side) as the exemplars
-        overrides = {"n_vis": cfg.feature_vis.per_unit, "seed": cfg.run.seed, "relu": ex.relu,
-                     "statistic": ex.statistic, **cfg.feature_vis.overrides}
-        rcfg = RenderConfig.from_preset(cfg.feature_vis.preset, **overrides)
-        fv_params = rcfg.to_dict()
-        fv_rows = render_feature_visualizations(model, units, rcfg, out, device=device, checkpoint_dir=work / "fv",
-                                                progress=cfg.run.progress and info.is_main,
-                                                resume=None if cfg.run.resume else False)
-        if info.is_main:
-            val = validate_feature_vis(fv_rows, natural)
+    fv_rows, fv_params, val = _render_stage(cfg, model, units, natural, out, work, device, info)
 
     if not info.is_main:
         D.barrier(info)
@@ -272,10 +275,15 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         "exemplars": {"statistic": ex.statistic, "relu": ex.relu, "k": ex.k, "spares": ex.spares, "margin": margin,
                       "candidates_per_side": opts.keep, "pass_precision": precision,
                       "final_precision": "fp32 (the pass itself)" if exact_pass else "fp32 (candidates re-scored, TF32 off)", "channels_last": ex.channels_last,
-                      "dedupe_hamming": ex.dedupe_hamming, "tie_break": "lower image index first",
+                      "dedupe_hamming": ex.dedupe_hamming,
+                      "tie_break": (POST_TIE_RULE if ex.relu == "post" else "equal activations: lower image index first"),
+                      "bottom_ties": bottom_ties,
                       "save_activations": ex.save_activations, "activations_from": ex.activations_from},
         "sampling": {"per_group": cfg.units.per_group, "explicit": cfg.units.explicit, "file": cfg.units.file,
-                     "method": "uniform without replacement over the (layer, channel) pairs of each group"},
+                     "method": (cfg.units.method if not (cfg.units.explicit or cfg.units.file) else "explicit list"),
+                     "rule": SAMPLING_RULES.get(cfg.units.method) if not (cfg.units.explicit or cfg.units.file) else None,
+                     "units_per_layer": {g: {str(k): int(v) for k, v in units[units.group == g].groupby(
+                         "layer", sort=False).size().items()} for g in groups}},
         "feature_vis": fv_params if fv_params is not None else {"per_unit": 0, "skipped": True},
         "distributed": {"world_size": info.world_size, "sharding": "strided by rank"},
         "device": str(device),
@@ -306,6 +314,61 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         say(f"{RANDOM_BANNER}\nNOTES: {' '.join(notes)}\n{RANDOM_BANNER}", file=sys.stderr)
     D.barrier(info)
     return out
+
+
+TIE_WARN_FRACTION = 0.05  # warn when more than this share of the collection ties at a unit's bottom
+
+
+def _bottom_ties(natural: pd.DataFrame, zero_counts, units: pd.DataFrame, n_images: int, relu: str) -> dict | None:
+    """With ``relu`` post, images whose post-ReLU activation is exactly 0 tie at the bottom: the exemplar
+    rows keep the ranking key (``rank_key``) and their post-ReLU activation (0); count the ties per unit
+    and say when they cover more than ``TIE_WARN_FRACTION`` of the collection."""
+    if relu != "post":
+        return None
+    natural["rank_key"] = natural.activation
+    natural["activation"] = natural.activation.clip(lower=0.0)
+    natural["pass_activation"] = natural.pass_activation.clip(lower=0.0)
+    if zero_counts is None:
+        return {"counts": None, "warning": "ties at 0 of post-ReLU activations could not be counted or broken "
+                                           "(activations re-used from --activations-from)"}
+    counts = {u: int(c) for u, c in zip(units.unit_id, zero_counts.tolist())}
+    many = {u: c for u, c in counts.items() if c > TIE_WARN_FRACTION * max(n_images, 1)}
+    warning = None
+    if many:
+        worst = max(many, key=many.get)
+        warning = (f"post-ReLU activation exactly 0 on more than {TIE_WARN_FRACTION:.0%} of the {n_images} images for "
+                   f"{len(many)} unit(s) (e.g. {worst}: {many[worst]}); their bottom exemplars are ranked among "
+                   f"those ties by the pre-ReLU statistic (manifest: exemplars.tie_break)")
+    return {"counts": counts, "n_images": n_images, "warn_fraction": TIE_WARN_FRACTION, "warning": warning}
+
+
+def natural_targets(natural: pd.DataFrame | None) -> dict[str, float]:
+    """Each unit's best natural activation (the diversity search's target)."""
+    if natural is None or not len(natural):
+        return {}
+    best = natural[natural.kind == "natural_max"].groupby("unit_id", sort=False).activation.max()
+    return {str(u): float(v) for u, v in best.items()}
+
+
+def _render_stage(cfg: GeneratorConfig, model: LoadedModel, units: pd.DataFrame, natural: pd.DataFrame | None,
+                  out: Path, work: Path, device: torch.device, info: D.DistInfo):
+    """Feature visualizations of every unit (all ranks render; rank 0 validates). Returns
+    ``(rows, parameters, validation)``, all None when ``per_unit`` is 0."""
+    if cfg.feature_vis.per_unit <= 0:
+        return None, None, None
+    from stimuli_gen.render import RenderConfig, render_feature_visualizations, validate_feature_vis
+
+    ex = cfg.exemplars
+    # the visualizations maximise and report the same unit activation (statistic, ReLU side) as the exemplars
+    overrides = {"n_vis": cfg.feature_vis.per_unit, "seed": cfg.run.seed, "relu": ex.relu,
+                 "statistic": ex.statistic, **cfg.feature_vis.overrides}
+    rcfg = RenderConfig.from_preset(cfg.feature_vis.preset, **overrides)
+    targets = D.gather_objects(natural_targets(natural) if info.is_main else None, info)[0]
+    rows = render_feature_visualizations(model, units, rcfg, out, device=device, checkpoint_dir=work / "fv",
+                                         progress=cfg.run.progress and info.is_main,
+                                         resume=None if cfg.run.resume else False, targets=targets)
+    val = validate_feature_vis(rows, natural) if info.is_main else None
+    return rows, rcfg.to_dict(), val
 
 
 def _lists_from_saved(src: Path, paths: list[str], pp: Preprocess, model: LoadedModel, ex, units: pd.DataFrame,

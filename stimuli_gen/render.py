@@ -47,13 +47,14 @@ import torch.nn.functional as F
 from contracts.common import sha256_file, sha256_json, write_json_atomic
 from contracts.stimulus_set import image_relpath
 from stimuli_gen import transforms as T
-from stimuli_gen.objectives import BatchPlan, batch_loss, redirected_relu, unit_activations, unit_gram_similarity
+from stimuli_gen.objectives import BatchPlan, redirected_relu, unit_activations, unit_gram_similarity, unit_objectives
 from stimuli_gen.param import FourierImage
 
 KIND = "feature_vis"
-PRESETS = ("lucid", "borowski2021")
+PRESETS = ("fvmatch", "lucid", "borowski2021")
+DIVERSITY_MODES = ("fixed", "search")
 CHECKPOINT_STATE = "render_checkpoint.json"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: rows carry the diversity weight, target and margin
 
 
 class CheckpointError(RuntimeError):
@@ -83,11 +84,24 @@ class RenderConfig:
     angles: tuple[float, ...] = tuple(float(a) for a in range(-10, 11)) + (0.0,) * 5
     jitter2: int = 4
     net_size: int | None = None  # network input size; None = the transforms' field of view (size+2*pad-j1-j2)
-    diversity_weight: float = 100.0
+    diversity_weight: float = 100.0  # "fixed": every unit's weight; "search": unused (searched per unit)
+    # "fixed": Lucid's constant weight (the published presets). "search" (Zimmermann et al. 2023): per
+    # unit, the largest weight whose weakest FV still beats the unit's best natural exemplar
+    # (stimuli_gen.diversity_search); needs the natural targets.
+    diversity: str = "fixed"
+    search_rounds: int = 6  # optimizations per unit at most (each one a full run of ``steps``)
+    search_start: float = 1.0  # first weight, in units of |best natural activation| / (n_vis - 1)
+    search_factor: float = 4.0  # exponential phase: x or / this factor
+    search_ratio: float = 1.5  # binary phase stops when passing and failing weights are this close
+    search_floor: float = 1.0 / 64  # below this multiple of the first weight the next try is weight 0
+    # Early stopping (0 = off): a unit's images freeze once its objective rose by less than
+    # ``plateau_tol`` (relative) between two consecutive windows of ``plateau_window`` steps.
+    plateau_window: int = 0
+    plateau_tol: float = 0.01
     # Lucid's redirected ReLU gradient is used while global_step <= 16, i.e. for the first 17 steps.
     redirect_relu_steps: int = 17
     relu: str = "pre"  # objective and reported activation: channel before ("pre") or after ("post") the ReLU
-    statistic: str = "mean"  # reported activation statistic (the objective is always Lucid's channel mean)
+    statistic: str = "mean"  # the activation maximised and reported: channel spatial "mean" (Lucid) or "max"
     seed: int = 0
     batch_size: int | None = None  # images per batch (rounded down to whole units); None: from free memory
     max_batch_size: int = 512
@@ -116,6 +130,13 @@ class RenderConfig:
             problems.append(f"batch_size must be >= 1 or None (got {self.batch_size})")
         if self.compile not in (True, False, "auto"):
             problems.append(f"compile must be true, false or 'auto' (got {self.compile!r})")
+        if self.diversity not in DIVERSITY_MODES:
+            problems.append(f"diversity must be one of {DIVERSITY_MODES} (got {self.diversity!r})")
+        if self.search_rounds < 1 or self.search_factor <= 1 or self.search_ratio <= 1 or self.search_start <= 0:
+            problems.append("search_rounds >= 1, search_factor > 1, search_ratio > 1 and search_start > 0 needed "
+                            f"(got {self.search_rounds}, {self.search_factor}, {self.search_ratio}, {self.search_start})")
+        if self.plateau_window < 0 or self.plateau_tol < 0:
+            problems.append(f"plateau_window and plateau_tol must be >= 0 (got {self.plateau_window}, {self.plateau_tol})")
         if self.lr <= 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
         if problems:
@@ -124,8 +145,11 @@ class RenderConfig:
 
     @classmethod
     def from_preset(cls, name: str = "lucid", **overrides: Any) -> "RenderConfig":
-        """``lucid``: Olah et al. 2017 defaults. ``borowski2021``: the synthetic stimuli of Borowski et al.
-        2021 (2560 steps at 224+2*16 px, their transforms, centre crop to 224)."""
+        """``lucid``: Olah et al. 2017 defaults, fixed diversity weight 100 (as published). ``borowski2021``:
+        the synthetic stimuli of Borowski et al. 2021 (2560 steps at 224+2*16 px, their transforms,
+        centre crop to 224; fixed weight 100 as published). ``fvmatch`` (the generator's default): Lucid's
+        recipe with the diversity weight searched per unit so that every FV beats the unit's best
+        natural exemplar (Zimmermann et al. 2023), and early stopping of each optimization."""
         if name not in PRESETS:
             raise ValueError(f"unknown feature-visualization preset {name!r}; choose one of {PRESETS}")
         known = {f.name for f in dataclasses.fields(cls)} - {"preset"}
@@ -133,6 +157,8 @@ class RenderConfig:
         if unknown:
             raise ValueError(f"unknown feature-visualization parameter(s) {sorted(unknown)}; known: {sorted(known)}")
         base: dict[str, Any] = {}
+        if name == "fvmatch":
+            base = dict(diversity="search", plateau_window=max(8, int(overrides.get("steps", 512)) // 16))
         if name == "borowski2021":
             base = dict(steps=2560, size=224 + 2 * 16, out_size=224, crop_to_out=True, pad=0, jitter1=16,
                         scales=(1.0, 0.975, 1.025, 0.95, 1.05), angles=tuple(float(a) for a in range(-5, 6)),
@@ -159,7 +185,15 @@ class RenderConfig:
         d["scales"], d["angles"] = list(self.scales), list(self.angles)
         d.update(
             parameterization="Fourier (rfft, ortho, /4), decorrelated colour (Lucid matrix), sigmoid",
-            objective="channel spatial mean; per unit: mean_i a_i - diversity_weight * sum_{i!=j} cos(Gram_i, Gram_j) / n_vis",
+            objective=f"channel spatial {self.statistic}; per unit: mean_i a_i - w * sum_{{i!=j}} cos(Gram_i, Gram_j) / n_vis",
+            diversity_rule=("w = diversity_weight for every unit (fixed, as published)" if self.diversity == "fixed" else
+                            "w searched per unit: the largest w (exponential then binary search over at most "
+                            "search_rounds optimizations, from search_start * |best natural| / (n_vis - 1)) for "
+                            "which the weakest saved FV still beats the unit's best natural exemplar; weight 0 is "
+                            "the last resort; a unit that fails even then is reported (search_status 'failed')"),
+            early_stopping=("off" if not self.plateau_window else
+                            f"a unit freezes when its objective rose < {self.plateau_tol:g} (relative) between two "
+                            f"windows of {self.plateau_window} steps"),
             net_input_size=self.net_size or self.field_of_view,
             out_transform=self.out_transform,
             transforms=T.describe(self.transform_spec()),
@@ -276,16 +310,36 @@ class BatchResult:
     images: torch.Tensor  # B x 3 x size x size, float32 in [0, 1], CPU
     curve_steps: list[int]
     curves: torch.Tensor  # B x len(curve_steps): each image's (transformed) activation at those steps
+    steps_run: torch.Tensor | None = None  # B: optimization steps each image took (early stopping)
+
+    def curve(self, i: int) -> list[list[float]]:
+        """Image ``i``'s activation curve ``[[step, value], ...]`` up to where it stopped."""
+        last = int(self.steps_run[i]) - 1 if self.steps_run is not None else self.curve_steps[-1]
+        return [[s, float(f"{float(v):.7g}")] for s, v in zip(self.curve_steps, self.curves[i]) if s <= last]
 
 
 def curve_steps(steps: int, points: int) -> list[int]:
     return sorted({int(round(s)) for s in np.linspace(0, steps - 1, min(points, steps))})
 
 
+def plateaued(history: torch.Tensor, window: int, tol: float) -> torch.Tensor:
+    """Units (columns of ``history``, steps x U, the per-step objectives) whose mean objective over the
+    last ``window`` steps rose by less than ``tol`` (relative) over the ``window`` steps before."""
+    recent, before = history[-window:].mean(0), history[-2 * window:-window].mean(0)
+    return (recent - before) < tol * recent.abs().clamp_min(1e-12)
+
+
 @torch.enable_grad()
 def optimize_batch(net, plan: BatchPlan, seeds: Sequence[int], cfg: RenderConfig, rt: Runtime,
-                   on_step: Callable[[int], None] | None = None, work_steps: int = 0) -> BatchResult:
-    """Run Lucid's optimization for the images of ``plan`` (``n_vis`` per unit, in unit order)."""
+                   on_step: Callable[[int], None] | None = None, work_steps: int = 0,
+                   weights: torch.Tensor | None = None) -> BatchResult:
+    """Run Lucid's optimization for the images of ``plan`` (``n_vis`` per unit, in unit order).
+
+    ``weights``: a diversity weight per unit (default: ``cfg.diversity_weight`` for all). With
+    ``cfg.plateau_window`` a unit whose objective has plateaued keeps its images from then on (its
+    spectrum is restored after each step), so a unit's images do not depend on its batch; the batch
+    ends when every unit has stopped.
+    """
     if len(seeds) != plan.batch_size:
         raise ValueError(f"{len(seeds)} seeds for a batch of {plan.batch_size} images")
     dev = rt.device
@@ -296,8 +350,14 @@ def optimize_batch(net, plan: BatchPlan, seeds: Sequence[int], cfg: RenderConfig
     net_size = cfg.net_size or spec.output_size(cfg.size)
     layers = tuple(sorted(set(plan.layers), key=net.layer_names.index))
     opt = torch.optim.Adam([image.spectrum], lr=cfg.lr)
+    w = cfg.diversity_weight if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=dev)
     record = curve_steps(cfg.steps, cfg.curve_points)
     record_set, recorded = set(record), []
+    window = cfg.plateau_window
+    history: list[torch.Tensor] = []
+    stopped = torch.zeros(plan.n_units, dtype=torch.bool)
+    steps_run = torch.full((plan.n_units,), cfg.steps, dtype=torch.long)
+    held = None
     with _tf32_matmul(rt.device.type == "cuda" and rt.amp):
         for step in range(cfg.steps):
             redirect = step < cfg.redirect_relu_steps
@@ -307,17 +367,36 @@ def optimize_batch(net, plan: BatchPlan, seeds: Sequence[int], cfg: RenderConfig
                 x = x.contiguous(memory_format=torch.channels_last)
             with net.relu_replaced(redirected_relu if redirect else F.relu):
                 acts = fwd(x)
-                loss, act = batch_loss(acts, plan, cfg.diversity_weight)
+                per_unit, act = unit_objectives(acts, plan, w, cfg.statistic)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (-per_unit.sum()).backward()
             opt.step()
+            if held is not None:  # stopped units keep their images
+                with torch.no_grad():
+                    keep = stopped.to(dev).repeat_interleave(plan.n_vis)
+                    image.spectrum[keep] = held[keep]
             if step in record_set:
                 recorded.append(act)
             if on_step is not None:
                 on_step(step)
+            if window:
+                history.append(per_unit.detach().float().cpu())
+                if step + 1 >= max(2 * window, cfg.redirect_relu_steps + window) and (step + 1) % window == 0:
+                    new = plateaued(torch.stack(history), window, cfg.plateau_tol) & ~stopped
+                    if new.any():
+                        steps_run[new] = step + 1
+                        stopped |= new
+                        with torch.no_grad():
+                            snap = image.spectrum.detach().clone()
+                            held = snap if held is None else torch.where(
+                                new.to(dev).repeat_interleave(plan.n_vis).view(-1, *[1] * (snap.dim() - 1)), snap, held)
+                    if bool(stopped.all()):
+                        break
     with torch.no_grad():
         final = image().detach().float().cpu()
-    return BatchResult(images=final, curve_steps=record, curves=torch.stack(recorded, 1).cpu())
+    record = record[:len(recorded)]
+    return BatchResult(images=final, curve_steps=record, curves=torch.stack(recorded, 1).cpu(),
+                       steps_run=steps_run.repeat_interleave(plan.n_vis))
 
 
 @contextlib.contextmanager
@@ -331,6 +410,60 @@ def _tf32_matmul(enabled: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+# ---- the diversity search (Zimmermann et al. 2023) ------------------------------------------------
+
+@dataclass
+class UnitOutcome:
+    """How a unit's images were made: its diversity weight, its target and the search's verdict."""
+
+    weight: float
+    target: float  # best natural exemplar's activation (NaN when not given)
+    status: str  # "passed" / "failed" (search) or "fixed" (a preset's constant weight)
+    tries: list = field(default_factory=list)  # [(weight, weakest FV activation, passed), ...]
+
+
+def search_batch(opt_net, net, plan: BatchPlan, seeds: Sequence[int], cfg: RenderConfig, rt: Runtime,
+                 targets: Sequence[float], on_step: Callable[[int], None] | None = None,
+                 work_steps: int = 0) -> tuple[BatchResult, list[UnitOutcome]]:
+    """Per unit, the largest diversity weight whose weakest saved FV beats ``targets[u]``
+    (``stimuli_gen.diversity_search``). One optimization per round for the units still searching,
+    each with its own weight; the images kept are those of the largest passing weight (or, for a
+    unit that never passed, those of its best try)."""
+    from stimuli_gen import diversity_search as S
+
+    n = plan.n_vis
+    states = [S.UnitSearch(float(t), S.first_weight(float(t), n, cfg.search_start)) for t in targets]
+    kept: dict[int, tuple[float, BatchResult, int, float]] = {}  # unit -> (weakest, result, position, weight)
+    for _ in range(cfg.search_rounds):
+        todo = [(u, S.next_weight(st, cfg.search_factor, cfg.search_ratio, cfg.search_floor))
+                for u, st in enumerate(states)]
+        todo = [(u, w) for u, w in todo if w is not None]
+        if not todo:
+            break
+        sub = BatchPlan([plan.layers[u] for u, _ in todo], [plan.channels[u] for u, _ in todo], n, rt.device)
+        sub_seeds = [seeds[u * n + r] for u, _ in todo for r in range(n)]
+        res = optimize_batch(opt_net, sub, sub_seeds, cfg, rt, on_step=on_step, work_steps=work_steps,
+                             weights=torch.tensor([w for _, w in todo]))
+        acts, _ = measure(net, sub, to_output(res.images, cfg).float() / 255, cfg, rt.device, grams=False)
+        weakest = acts.reshape(len(todo), n).amin(1)
+        for j, (u, w) in enumerate(todo):
+            passed = S.record(states[u], w, float(weakest[j]))
+            best = kept.get(u)
+            # keep the largest passing weight's images; before any pass, the strongest try's
+            if (passed and states[u].lo == w) or (states[u].lo is None and (best is None or weakest[j] > best[0])):
+                kept[u] = (float(weakest[j]), res, j, w)
+    idx = [kept[u][2] * n + r for u in range(plan.n_units) for r in range(n)]
+    images = torch.stack([kept[u][1].images[kept[u][2] * n + r] for u in range(plan.n_units) for r in range(n)])
+    steps_run = torch.stack([kept[u][1].steps_run[kept[u][2] * n + r] for u in range(plan.n_units) for r in range(n)])
+    record = curve_steps(cfg.steps, cfg.curve_points)
+    curves = torch.full((plan.batch_size, len(record)), float("nan"))
+    for i, u in enumerate(u for u in range(plan.n_units) for _ in range(n)):
+        r_, pos = kept[u][1], idx[i]
+        curves[i, :r_.curves.shape[1]] = r_.curves[pos]
+    outcomes = [UnitOutcome(kept[u][3], st.target, st.status, st.tries) for u, st in enumerate(states)]
+    return BatchResult(images=images, curve_steps=record, curves=curves, steps_run=steps_run), outcomes
 
 
 # ---- output images and their measurements (pure) -------------------------------------------------
@@ -504,8 +637,12 @@ def _check_units(units_df: pd.DataFrame, net) -> pd.DataFrame:
 
 def render_feature_visualizations(model, units_df: pd.DataFrame, cfg: RenderConfig, set_root: os.PathLike | str,
                                   device: str | torch.device = "cpu", checkpoint_dir: os.PathLike | str | None = None,
-                                  progress: bool = True, resume: bool | None = None) -> pd.DataFrame:
+                                  progress: bool = True, resume: bool | None = None,
+                                  targets: dict[str, float] | None = None) -> pd.DataFrame:
     """Render ``cfg.n_vis`` visualizations of every unit, write the PNGs under ``set_root``, return their rows.
+
+    ``targets``: each unit's best natural activation (same statistic and ReLU side as ``cfg``); needed
+    by ``cfg.diversity == "search"``, recorded (``natural_target``, ``margin``) whenever given.
 
     ``model``: a ``LoadedModel`` (or a bare ``FeatureNet``). With ``checkpoint_dir``, each finished batch
     is recorded there and kept on a rerun (``resume``: None = if present, True = required, False =
@@ -519,7 +656,16 @@ def render_feature_visualizations(model, units_df: pd.DataFrame, cfg: RenderConf
     set_root = Path(set_root)
     rank, world = _dist()
     rt = Runtime.resolve(cfg, _resolve_device(device))
-    fingerprint = cfg.image_fingerprint(identity, rt.amp)
+    targets = {str(k): float(v) for k, v in (targets or {}).items()}
+    if cfg.diversity == "search":
+        missing = [u for u in units.unit_id if not math.isfinite(targets.get(u, float("nan")))]
+        if missing:
+            raise ValueError(f"diversity search needs each unit's best natural activation; missing or not finite "
+                             f"for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        fingerprint = sha256_json({"images": cfg.image_fingerprint(identity, rt.amp),
+                                   "targets": {u: targets[u] for u in units.unit_id}})
+    else:
+        fingerprint = cfg.image_fingerprint(identity, rt.amp)
 
     done: dict[str, list[dict]] = {}
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -542,7 +688,7 @@ def render_feature_visualizations(model, units_df: pd.DataFrame, cfg: RenderConf
             opt_net.to(memory_format=torch.channels_last)
         try:
             rows += _render_units(net, opt_net, todo, cfg, rt, set_root, ckpt, fingerprint,
-                                  progress=progress and rank == 0, tqdm=tqdm)
+                                  progress=progress and rank == 0, tqdm=tqdm, targets=targets)
         finally:
             if rt.channels_last:
                 opt_net.to(memory_format=torch.contiguous_format)
@@ -558,11 +704,13 @@ def render_feature_visualizations(model, units_df: pd.DataFrame, cfg: RenderConf
 
 
 ROW_COLUMNS = ["unit_id", "kind", "rank", "activation", "file", "seed", "activation_render", "gram_similarity",
-               "pixel_std", "render_size", "activation_curve"]
+               "pixel_std", "render_size", "activation_curve", "steps_run", "diversity_weight", "natural_target",
+               "margin", "search_status", "search_tries"]
 
 
 def _render_units(net, opt_net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runtime, set_root: Path,
-                  ckpt: Path | None, fingerprint: str, progress: bool, tqdm) -> list[dict]:
+                  ckpt: Path | None, fingerprint: str, progress: bool, tqdm,
+                  targets: dict[str, float] | None = None) -> list[dict]:
     """Optimize through ``opt_net`` (BatchNorm folded, channels_last); measure the saved PNGs with ``net``."""
     deepest = deepest_layer(net, todo.layer)
     per_batch = cfg.batch_size or auto_batch_size(opt_net, cfg, rt, deepest)
@@ -599,7 +747,13 @@ def _render_units(net, opt_net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runti
                     bar.set_postfix_str(f"{n_steps_done / (time.perf_counter() - t0):.2f} steps/s, batch {n_img}")
 
             try:
-                res = optimize_batch(opt_net, plan, seeds, cfg, rt, on_step=on_step, work_steps=work.get(key, 0))
+                if cfg.diversity == "search":
+                    res, outcomes = search_batch(opt_net, net, plan, seeds, cfg, rt, [targets[u] for u in uids],
+                                                 on_step=on_step, work_steps=work.get(key, 0))
+                else:
+                    res = optimize_batch(opt_net, plan, seeds, cfg, rt, on_step=on_step, work_steps=work.get(key, 0))
+                    outcomes = [UnitOutcome(cfg.diversity_weight, (targets or {}).get(u, float("nan")), "fixed")
+                                for u in uids]
             except torch.OutOfMemoryError:
                 # The memory estimate was too optimistic: split the batch (images do not depend on
                 # their batch) and go on with smaller ones.
@@ -610,7 +764,7 @@ def _render_units(net, opt_net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runti
                 half = len(b) // 2
                 queue.extendleft([b.iloc[half:], b.iloc[:half]])
                 continue
-            rows_b, pngs = _finish_batch(net, plan, uids, seeds, res, cfg, rt, set_root)
+            rows_b, pngs = _finish_batch(net, plan, uids, seeds, res, cfg, rt, set_root, outcomes)
             if ckpt is not None:
                 write_json_atomic(_batch_file(ckpt, uids), {"fingerprint": fingerprint, "unit_ids": uids,
                                                            "rows": rows_b, "png_sha256": pngs})
@@ -621,8 +775,11 @@ def _render_units(net, opt_net, todo: pd.DataFrame, cfg: RenderConfig, rt: Runti
 
 
 def _finish_batch(net, plan: BatchPlan, uids: list[str], seeds: list[int], res: BatchResult, cfg: RenderConfig,
-                  rt: Runtime, set_root: Path) -> tuple[list[dict], dict[str, str]]:
-    """Save the PNGs and measure what was saved (8-bit, out_size, untransformed)."""
+                  rt: Runtime, set_root: Path, outcomes: list[UnitOutcome] | None = None) -> tuple[list[dict], dict[str, str]]:
+    """Save the PNGs and measure what was saved (8-bit, out_size, untransformed); ``margin`` is the
+    saved FV's activation minus the unit's best natural activation (> 0: the FV drives it harder)."""
+    if outcomes is None:
+        outcomes = [UnitOutcome(cfg.diversity_weight, float("nan"), "fixed") for _ in uids]
     out_u8 = to_output(res.images, cfg)
     act_saved, sims = measure(net, plan, out_u8.float() / 255, cfg, rt.device)
     act_render, _ = measure(net, plan, res.images, cfg, rt.device, grams=False)
@@ -635,11 +792,16 @@ def _finish_batch(net, plan: BatchPlan, uids: list[str], seeds: list[int], res: 
         r = i % n
         rel = image_relpath(uid, KIND, r)
         pngs[rel] = _write_png_atomic(set_root / rel, out_u8[i])
-        curve = [[s, float(f"{float(v):.7g}")] for s, v in zip(res.curve_steps, res.curves[i])]
+        curve = res.curve(i)
+        oc = outcomes[i // n]
         rows.append({"unit_id": uid, "kind": KIND, "rank": r, "activation": float(act_saved[i]), "file": rel,
                      "seed": int(seed), "activation_render": float(act_render[i]),
                      "gram_similarity": float(off[i // n, r]) if n > 1 else float("nan"),
-                     "pixel_std": float(stds[i]), "render_size": cfg.size, "activation_curve": json.dumps(curve)})
+                     "pixel_std": float(stds[i]), "render_size": cfg.size, "activation_curve": json.dumps(curve),
+                     "steps_run": int(res.steps_run[i]) if res.steps_run is not None else cfg.steps,
+                     "diversity_weight": float(oc.weight), "natural_target": float(oc.target),
+                     "margin": float(act_saved[i]) - float(oc.target), "search_status": oc.status,
+                     "search_tries": json.dumps([[float(f"{w:.6g}"), float(f"{a:.6g}"), bool(p)] for w, a, p in oc.tries])})
     return rows, pngs
 
 
@@ -672,6 +834,11 @@ def validate_feature_vis(fv_rows: pd.DataFrame, natural_rows: pd.DataFrame | Non
             "natural_max_activation": nat_max,
             "ratio": fmax / nat_max if nat_max > 0 else float("nan"),
             "fv_exceeds_natural": bool(fmax > nat_max) if not math.isnan(nat_max) else False,
+            "all_fv_exceed_natural": bool(g.activation.min() > nat_max) if not math.isnan(nat_max) else False,
+            "margin_min": float(g.activation.min()) - nat_max,
+            "diversity_weight": float(g["diversity_weight"].iloc[0]) if "diversity_weight" in g else float("nan"),
+            "search_status": str(g["search_status"].iloc[0]) if "search_status" in g else "",
+            "steps_run_mean": float(g["steps_run"].mean()) if "steps_run" in g else float("nan"),
             "diversity": float(sim.mean()) if sim.notna().any() else float("nan"),
             "pixel_std_min": float(stds.min()) if len(stds) else float("nan"),
             "activation_gain_min": float(min(gains)) if gains else float("nan"),
@@ -698,12 +865,22 @@ def summarize_validation(val: pd.DataFrame) -> str:
         k = int(val.fv_exceeds_natural[has_nat].sum())
         lines.append(f"  best visualization drives the unit harder than its most activating natural image: "
                      f"{k}/{int(has_nat.sum())} units; median ratio {val.ratio[has_nat].median():.2f}")
+        if "all_fv_exceed_natural" in val:
+            k_all = int(val.all_fv_exceed_natural[has_nat].sum())
+            lines.append(f"  every visualization of the unit does: {k_all}/{int(has_nat.sum())} units")
     else:
         lines.append("  no natural exemplars given: activation ratio not computed")
     lines.append(f"  objective rose during optimization: {int(val.n_rose.sum())}/{int(val.n_vis.sum())} visualizations")
     if val.diversity.notna().any():
         lines.append(f"  diversity (mean pairwise Gram similarity, lower = more diverse): "
                      f"median {val.diversity.median():.3f}, range {val.diversity.min():.3f}..{val.diversity.max():.3f}")
+    if "search_status" in val and (val.search_status == "failed").any():
+        failed = val.unit_id[val.search_status == "failed"].tolist()
+        lines.append(f"  diversity search FAILED (FVs below the best natural image even without diversity): "
+                     f"{len(failed)}: {', '.join(failed[:10])}" + (" ..." if len(failed) > 10 else ""))
+    if "diversity_weight" in val and (val.get("search_status", pd.Series(dtype=str)) != "fixed").any():
+        w = val.diversity_weight[val.search_status != "fixed"]
+        lines.append(f"  searched diversity weights: median {w.median():.3g}, range {w.min():.3g}..{w.max():.3g}")
     flat = val.unit_id[val.flat].tolist()
     lines.append(f"  flat (grey or dead) units: {len(flat)}" + (f": {', '.join(flat[:10])}" + (" ..." if len(flat) > 10 else "") if flat else ""))
     return "\n".join(lines)

@@ -13,24 +13,53 @@ import pandas as pd
 from contracts.stimulus_set import make_unit_id
 
 
-def sample_units(layer_groups: dict[str, list[str]], channels: dict[str, int], per_group: int, seed: int) -> pd.DataFrame:
-    """``per_group`` distinct units from each group, uniformly over all (layer, channel) pairs of the group.
+SAMPLING_METHODS = ("stratified", "uniform")
+SAMPLING_RULES = {
+    "stratified": "per group, per_group // n_layers units from each layer of the group, uniformly without "
+                  "replacement over its channels; the per_group % n_layers remaining units go to as many distinct "
+                  "layers drawn uniformly by the group's generator (seed, group position)",
+    "uniform": "uniform without replacement over the (layer, channel) pairs of each group (fvmatch <= 0.x sets: "
+               "layers with more channels get more units)",
+}
 
-    Groups are processed in the order given, each from its own generator seeded by ``(seed, group
-    position)``, so adding a group does not change the units drawn for the others.
+
+def sample_units(layer_groups: dict[str, list[str]], channels: dict[str, int], per_group: int, seed: int,
+                 method: str = "stratified") -> pd.DataFrame:
+    """``per_group`` distinct units from each group.
+
+    ``stratified`` (default): equal units per layer of the group, the remainder to layers drawn by
+    the seed (``SAMPLING_RULES``), so a layer-group contrast does not depend on which layers a seed
+    happened to pick. ``uniform``: uniformly over all (layer, channel) pairs of the group (wide layers
+    get more units). Groups are processed in the order given, each from its own generator seeded by
+    ``(seed, group position)``, so adding a group does not change the units drawn for the others.
     """
+    if method not in SAMPLING_METHODS:
+        raise ValueError(f"unit sampling method must be one of {SAMPLING_METHODS}, got {method!r}")
     rows = []
     seen: set[tuple[str, int]] = set()
     for g, (group, layers) in enumerate(layer_groups.items()):
         for layer in layers:
             if layer not in channels:
                 raise ValueError(f"layer group {group!r}: unknown layer {layer!r}; layers: {list(channels)}")
-        pool = [(layer, c) for layer in dict.fromkeys(layers) for c in range(channels[layer]) if (layer, c) not in seen]
+        layers = list(dict.fromkeys(layers))
+        pool = [(layer, c) for layer in layers for c in range(channels[layer]) if (layer, c) not in seen]
         if per_group > len(pool):
             raise ValueError(f"layer group {group!r} has {len(pool)} units, cannot sample {per_group}")
         rng = np.random.default_rng([seed, g])
-        for i in sorted(rng.choice(len(pool), size=per_group, replace=False)):
-            layer, c = pool[i]
+        if method == "uniform":
+            picked = [pool[i] for i in sorted(rng.choice(len(pool), size=per_group, replace=False))]
+        else:
+            quota = {layer: per_group // len(layers) for layer in layers}
+            for i in sorted(rng.choice(len(layers), size=per_group % len(layers), replace=False)):
+                quota[layers[i]] += 1
+            picked = []
+            for layer in layers:
+                free = [c for c in range(channels[layer]) if (layer, c) not in seen]
+                if quota[layer] > len(free):
+                    raise ValueError(f"layer group {group!r}: layer {layer} has {len(free)} unsampled channels, "
+                                     f"cannot take its {quota[layer]} of {per_group} units (stratified sampling)")
+                picked += [(layer, free[i]) for i in sorted(rng.choice(len(free), size=quota[layer], replace=False))]
+        for layer, c in picked:
             seen.add((layer, c))
             rows.append({"unit_id": make_unit_id(layer, c), "group": group, "layer": layer, "channel": int(c)})
     return pd.DataFrame(rows, columns=["unit_id", "group", "layer", "channel"])

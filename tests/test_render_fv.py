@@ -118,6 +118,39 @@ def test_higher_diversity_weight_lowers_pairwise_gram_similarity(lucid):
     assert sims[1] < sims[0] - 0.01, sims
 
 
+def test_objective_follows_the_statistic(lucid):
+    """--statistic max ranks exemplars by the spatial max: the FVs must maximise the max too (they
+    maximised the mean whatever the statistic, issue 17 item 4)."""
+    res = {}
+    for stat in ("mean", "max"):
+        c = cfg(n_vis=1, steps=8, diversity_weight=0.0, statistic=stat)
+        res[stat] = run_batch(lucid.net, ["mixed3a"], [5], ["u"], c)
+        assert res[stat].curves[0, -1] > res[stat].curves[0, 0]
+    assert not torch.allclose(res["mean"].images, res["max"].images)
+    plan = BatchPlan(["mixed3a"], [5], 1)
+    c_max = cfg(n_vis=1, statistic="max")
+    measured, _ = R.measure(lucid.net, plan, res["max"].images, c_max, torch.device("cpu"), grams=False)
+    x = res["max"].images
+    with torch.no_grad():
+        direct = lucid.net.forward_layers(x, ["mixed3a"])["mixed3a"][0, 5].amax()
+    torch.testing.assert_close(measured[0], direct)
+    assert "spatial max" in c_max.to_dict()["objective"]
+
+
+def test_plateau_stops_a_unit_and_keeps_its_images_whatever_the_batch(lucid):
+    c = cfg(n_vis=1, steps=40, diversity_weight=0.0, plateau_window=4, plateau_tol=10.0, redirect_relu_steps=0)
+    pairs = [("mixed3a", 5), ("mixed4c", 7)]
+    uids = [make_unit_id(*p) for p in pairs]
+    batch = run_batch(lucid.net, [l for l, _ in pairs], [ch for _, ch in pairs], uids, c)
+    assert (batch.steps_run == 8).all()  # tolerance 10x: every unit "plateaus" at the first check
+    alone = run_batch(lucid.net, ["mixed4c"], [7], [uids[1]], c)
+    torch.testing.assert_close(batch.images[1:], alone.images, atol=2e-4, rtol=0)
+    never = run_batch(lucid.net, ["mixed3a"], [5], [uids[0]], cfg(n_vis=1, steps=12, diversity_weight=0.0))
+    assert never.steps_run.tolist() == [12] and len(batch.curve(0)) == len([s for s in batch.curve_steps if s < 8])
+    assert torch.equal(R.plateaued(torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]]), 2, 0.01),
+                       torch.tensor([True, False]))
+
+
 def test_redirected_relu_revives_a_dead_unit(lucid):
     """Post-ReLU objective of a channel negative everywhere at init: no gradient without Lucid's
     redirected ReLU (the image never changes), a rising objective with it."""

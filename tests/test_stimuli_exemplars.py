@@ -228,3 +228,26 @@ def test_a_chosen_last_candidate_is_flagged():
     assert choose_exemplars(lists, fp32, {}, units, 2).attrs["boundary"] == []
     fp32[2] = torch.tensor([2.5])  # re-scoring lifts the last candidate into the top 2
     assert choose_exemplars(lists, fp32, {}, units, 2).attrs["boundary"] == ["u natural_max", "u natural_min"]
+
+
+def test_post_relu_ties_at_zero_are_broken_by_the_pre_relu_statistic(model, setup):
+    """relu post: a sparse unit is exactly 0 on most images; those ties went to the first files in
+    sorted order (issue 17). Now they are ranked by the pre-ReLU statistic, and counted."""
+    from stimuli_gen.exemplars import post_key
+
+    paths, units = setup
+    # a synthetic check of the key: ranks by post, breaks ties at 0 by pre, gives post back when clamped
+    post, pre = torch.tensor([0.0, 0.0, 0.3, 0.0]), torch.tensor([-0.5, -0.1, 0.2, -0.9])
+    key = post_key(post, pre)
+    assert torch.argsort(key).tolist() == [3, 0, 1, 2] and torch.equal(key.clamp(min=0), post)
+    res = run_pass(model.net, paths, list(range(len(paths))), units, PP, opts(relu="post"), torch.device("cpu"),
+                   progress=False)
+    post_v = all_values(model, paths, units, relu="post")
+    pre_v = all_values(model, paths, units, relu="pre")
+    want_zero = (post_v == 0).sum(0)
+    assert torch.equal(res.zero_counts, want_zero)
+    sparse = int(torch.argmax(want_zero))
+    assert want_zero[sparse] > 6, want_zero  # the test needs a unit that ties on more than its bottom list
+    got = res.lists.result()["min"][1][sparse].tolist()
+    order = sorted(range(len(paths)), key=lambda i: (float(post_key(post_v[i, sparse], pre_v[i, sparse])), i))
+    assert got == order[:6] and got != sorted(i for i in range(len(paths)) if post_v[i, sparse] == 0)[:6]

@@ -66,6 +66,12 @@ def test_manifest_records_provenance_and_random_weights(made_set):
     assert p["collection"]["preprocess"]["crop"] == 64 and p["exemplars"]["k"] == 3
     assert p["exemplars"]["statistic"] == "mean" and p["exemplars"]["relu"] == "pre"
     assert m["seeds"]["units"] == 4 and m["seeds"]["weights"] == 4
+    # the random network is recalibrated (order-1 activations) and says so
+    cal = m["model"]["weights"]["calibration"]
+    assert cal["n_batchnorm"] > 0 and "re-estimated" in m["model"]["weights"]["identity"]
+    assert all(0.3 < v < 3 for v in cal["activation_std_after"].values()), cal["activation_std_after"]
+    assert p["sampling"]["method"] == "stratified" and "per_group // n_layers" in p["sampling"]["rule"]
+    assert sum(p["sampling"]["units_per_layer"]["late"].values()) == 1
     assert {"torch", "torchvision", "pillow", "scikit-image"} <= set(m["software"])
     assert m["layer_groups"]["middle"] == ["inception4a", "inception4b", "inception4c"]
     skipped = pd.read_csv(made_set / "skipped_files.csv")
@@ -130,7 +136,8 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
         def to_dict(self):
             return dict(self.kw)
 
-    def render(model, units_df, cfg, set_root, device, checkpoint_dir, progress, resume):
+    def render(model, units_df, cfg, set_root, device, checkpoint_dir, progress, resume, targets):
+        calls["targets"] = targets
         rows = []
         for u in units_df.unit_id:
             for r in range(cfg.kw["n_vis"]):
@@ -152,8 +159,10 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
                      "--k", "2", "--spares", "0", "--fv-per-unit", "2", "--fv-steps", "8", "--fv-size", "64", *SMALL]) == 0
     s = load_stimulus_set(out)
     assert s.verify_files() == []
-    assert calls["preset"] == ("lucid", {"n_vis": 2, "seed": 0, "relu": "pre", "statistic": "mean", "steps": 8, "size": 64})
+    assert calls["preset"] == ("fvmatch", {"n_vis": 2, "seed": 0, "relu": "pre", "statistic": "mean", "steps": 8, "size": 64})
     assert len(s.images[s.images.kind == "feature_vis"]) == 4
+    best = s.images[s.images.kind == "natural_max"].groupby("unit_id").activation.max().to_dict()
+    assert calls["targets"] == pytest.approx(best) and len(best) == 2  # the diversity search's targets
     assert s.manifest["parameters"]["feature_vis"]["steps"] == 8
     assert "validation.csv" in s.manifest["files"] and len(pd.read_csv(out / "validation.csv")) == 2
     fv = s.images[s.images.kind == "feature_vis"]

@@ -82,3 +82,22 @@ def test_example_config_is_valid_and_complete():
     for section in dataclasses.fields(GeneratorConfig):
         for f in dataclasses.fields(getattr(cfg, section.name)):
             assert f.name in raw[section.name] or f"# {f.name} =" in commented, f"{section.name}.{f.name} undocumented"
+
+
+def test_stratified_sampling_gives_each_layer_of_a_group_its_share():
+    # uniform sampling over (layer, channel) pairs put 65% of the early group in inception3b (480 vs
+    # 256 channels) and let a seed put every early unit in one layer (issue 17)
+    for seed in range(20):
+        a = sample_units(GROUPS, CH, 10, seed=seed)
+        counts = a.groupby(["group", "layer"]).size()
+        for group, layers in GROUPS.items():
+            per_layer = [int(counts.get((group, layer), 0)) for layer in layers]
+            assert sum(per_layer) == 10
+            assert max(per_layer) - min(per_layer) <= 1, (seed, group, per_layer)
+    # the remainder goes to layers drawn by the seed, not always the first ones
+    firsts = {int(sample_units(GROUPS, CH, 10, seed=s).query("layer == 'inception4d'").shape[0]) for s in range(20)}
+    assert firsts == {2, 3}
+    old = sample_units(GROUPS, CH, 10, seed=0, method="uniform")
+    assert old.groupby("group").size().to_dict() == {"early": 10, "middle": 10, "late": 10}
+    with pytest.raises(ValueError, match="sampling method"):
+        sample_units(GROUPS, CH, 10, seed=0, method="proportional")

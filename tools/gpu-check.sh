@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one command: the device tests on CUDA, then the two GPU benchmarks of
-# issues 3 and 4. Logs go to $OUT (or ./gpu-check) so they come back from a remote machine.
+# issues 3 and 4 (with the cost of the diversity search, issue 17). Logs go to $OUT (or ./gpu-check) so they come back from a remote machine.
 #
 #   tools/gpu-check.sh                 # with the python that holds a CUDA torch (PYTHON=... to choose)
 #
@@ -28,6 +28,6 @@ run() {  # name, command...: run, keep its log, remember a failure but go on
 }
 run device-tests env FVMATCH_TEST_DEVICE=cuda "$PY" -m pytest -p no:cacheprovider -q -s tests/test_device.py
 run bench-exemplars "$PY" bench/exemplars.py --n 16384 --batch-size 256 --workers 15 --check-precision 200
-run bench-render "$PY" bench/render.py --device cuda
-run bench-render-compiled "$PY" bench/render.py --device cuda --compile true
+run bench-render "$PY" bench/render.py --device cuda   # (c): the diversity search next to a fixed weight, 512 steps
+run bench-render-compiled "$PY" bench/render.py --device cuda --compile true --skip-search
 exit $status
