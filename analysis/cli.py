@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="n images per unit in the models: factor (default) or numeric, centred")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of participants (default 2000)")
     p.add_argument("--seed", type=int, default=1, help="seed of the bootstrap and of the model fits (default 1)")
-    p.add_argument("--fe-prior-sd", type=float, default=2.0, help="prior SD of fixed effects, logit scale (default 2)")
+    p.add_argument("--fe-prior-sd", type=float, default=10.0,
+                   help="prior SD of fixed effects, logit scale (default 10: negligible unless a cell is all right or "
+                        "all wrong)")
     p.add_argument("--no-models", action="store_true", help="accuracy tables and figures only")
     p.add_argument("--no-figures", action="store_true", help="tables and report without figures (faster)")
     p.add_argument("--allow-mixed-sets", action="store_true", help="analyse sessions of different stimulus sets together")

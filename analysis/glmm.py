@@ -70,8 +70,13 @@ Z95 = stats.norm.ppf(0.975)
 @dataclass
 class ModelOptions:
     n_as: str = "factor"  # n_images as a factor or as a numeric (centred) covariate
-    fe_prior_sd: float = 2.0  # statsmodels default; the prior matters only when the data say little
-    vcp_prior_sd: float = 1.0  # prior SD of log random-effect SDs
+    # N(0, fe_prior_sd^2) on every fixed effect. 10: negligible against the likelihood at realistic sizes (estimates
+    # within 0.01 logit of fe_prior_sd = 1000, so of glmer), still finite and flagged under complete separation.
+    # statsmodels' default 2 moved estimates by up to 0.10 logit and shrank SEs by 4-19% (issue 13).
+    fe_prior_sd: float = 10.0
+    # None: flat prior on each random-effect SD in [0, 20] (restricted likelihood; an SD can be 0 and its interval
+    # reach 0). A number p: N(0, p^2) on the log SDs (statsmodels' form; SDs kept away from 0).
+    vcp_prior_sd: float | None = None
     seed: int = 0  # fit_vb's random start of the variational SDs (the laplace estimator is deterministic)
     # laplace: SDs from their marginal posterior, fixed effects integrated out (primary; analysis.laplace);
     # vb: posterior means by fit_vb (SDs biased low with few units); map: joint posterior mode (shrinks SDs more)
@@ -387,13 +392,13 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
     Z = sparse.hstack([b[0] for b in blocks.values()]).tocsr()
     ident = np.concatenate([np.full(b[0].shape[1], i) for i, b in enumerate(blocks.values())]).astype(int)
     vc_names = [f"{k}:{lv}" for k, b in blocks.items() for lv in b[1]]
-    model = BinomialBayesMixedGLM(y.astype(float), X.to_numpy(), Z, ident, vcp_p=opts.vcp_prior_sd,
+    model = BinomialBayesMixedGLM(y.astype(float), X.to_numpy(), Z, ident, vcp_p=opts.vcp_prior_sd or 1.0,
                                   fe_p=opts.fe_prior_sd, fep_names=list(X.columns), vcp_names=list(blocks),
                                   vc_names=vc_names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if opts.estimator == "laplace":
-            lf = fit_laplace(model)
+            lf = fit_laplace(model, flat_sd_prior=opts.vcp_prior_sd is None)
             params, fit.iterations = lf.params, lf.evaluations
             if not lf.converged:
                 fit.warnings.append(f"the Laplace search for the random-effect SDs did not converge ({lf.message})")
@@ -431,17 +436,26 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
         fixed["se_model"] = np.sqrt(np.clip(np.diag(V_model[:kf, :kf]), 0, None))
     fit.fixed = fixed
     vcp = params[kf:kf + kp]
-    fit.random = pd.DataFrame({"component": list(blocks), "sd": np.exp(vcp),
+    sds = lf.sd if opts.estimator == "laplace" and lf.sd is not None else np.exp(vcp)
+    fit.random = pd.DataFrame({"component": list(blocks), "sd": sds,
                                "n_levels": [b[0].shape[1] for b in blocks.values()]})
-    if opts.estimator == "laplace":
-        # 95% intervals on the log-SD scale from the curvature of the marginal posterior. For vb/map: none (their
-        # joint Hessian in (log SD, effects) is usually not positive definite at the estimate: the funnel).
+    if opts.estimator == "laplace" and lf.sd_ci is not None:
+        # flat SD prior: likelihood-ratio intervals of the restricted Laplace likelihood; they reach 0 when the
+        # data cannot tell the SD from 0
+        fit.random["sd_ci_low"], fit.random["sd_ci_high"] = lf.sd_ci[:, 0], lf.sd_ci[:, 1]
+        fit.random["sd_ci_method"] = "likelihood ratio (restricted Laplace likelihood, other SDs at their estimates)"
+    elif opts.estimator == "laplace":
+        # log-normal SD prior: 95% intervals on the log-SD scale from the curvature of the marginal posterior. For
+        # vb/map: none (their joint Hessian in (log SD, effects) is usually not positive definite: the funnel).
         half = Z95 * np.sqrt(np.diag(log_sd_covariance(model, params)))
         fit.random["sd_ci_low"], fit.random["sd_ci_high"] = np.exp(vcp - half), np.exp(vcp + half)
-    for comp, sd in zip(blocks, np.exp(vcp)):
+        fit.random["sd_ci_method"] = "Wald on log SD (curvature of the marginal posterior)"
+    for comp, sd, lo in zip(blocks, sds, fit.random.get("sd_ci_low", pd.Series(np.nan, index=fit.random.index))):
         if sd < 0.05:
-            fit.notes.append(f"the {comp} SD is estimated near zero ({sd:.3f}): a boundary (singular) fit for "
+            fit.notes.append(f"the {comp} SD is estimated at or near zero ({sd:.3f}): a boundary (singular) fit for "
                              "that component, harmless for the fixed effects")
+        elif lo == 0:
+            fit.notes.append(f"the {comp} SD ({sd:.3f}) is not distinguishable from 0 (its 95% interval reaches 0)")
     fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, Vb, "logit",
                                                    "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""))
     fit.seconds = time.perf_counter() - t0

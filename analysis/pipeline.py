@@ -29,8 +29,8 @@ class AnalysisOptions:
     n_boot: int = 2000
     seed: int = 1
     n_as: str = "factor"
-    fe_prior_sd: float = 2.0
-    vcp_prior_sd: float = 1.0
+    fe_prior_sd: float = 10.0  # see analysis.glmm.ModelOptions
+    vcp_prior_sd: float | None = None  # None: flat prior on the random-effect SDs (they can be 0)
     allow_mixed_sets: bool = False
     allow_mixed_designs: bool = False
     fit_models: bool = True
