@@ -129,11 +129,11 @@ def _lr_interval(prob: _Problem, sd: np.ndarray, k: int, top: float) -> tuple[fl
 
     lo = 0.0
     if g(0.0) < 0:
-        lo = optimize.brentq(g, 0.0, max(sd[k], SD_FLOOR), xtol=1e-4)
+        lo = optimize.brentq(g, 0.0, max(sd[k], SD_FLOOR), xtol=1e-3)
     hi_b = max(2 * sd[k], 0.1)
     while g(hi_b) > 0 and hi_b < SD_MAX:
         hi_b = min(2 * hi_b, SD_MAX)
-    hi = SD_MAX if g(hi_b) > 0 else optimize.brentq(g, max(sd[k], 0.0), hi_b, xtol=1e-4)
+    hi = SD_MAX if g(hi_b) > 0 else optimize.brentq(g, max(sd[k], 0.0), hi_b, xtol=1e-3)
     return lo, hi
 
 
