@@ -79,6 +79,7 @@ class ModelOptions:
     # None: flat prior on each random-effect SD in [0, 20] (restricted likelihood; an SD can be 0 and its interval
     # reach 0). A number p: N(0, p^2) on the log SDs (statsmodels' form; SDs kept away from 0).
     vcp_prior_sd: float | None = None
+    sd_intervals: bool = True  # False skips the SD intervals (simulation studies that do not use them: faster)
     seed: int = 0  # fit_vb's random start of the variational SDs (the laplace estimator is deterministic)
     # laplace: SDs from their marginal posterior, fixed effects integrated out (primary; analysis.laplace);
     # vb: posterior means by fit_vb (SDs biased low with few units); map: joint posterior mode (shrinks SDs more)
@@ -400,7 +401,7 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if opts.estimator == "laplace":
-            lf = fit_laplace(model, flat_sd_prior=opts.vcp_prior_sd is None)
+            lf = fit_laplace(model, flat_sd_prior=opts.vcp_prior_sd is None, sd_intervals=opts.sd_intervals)
             params, fit.iterations = lf.params, lf.evaluations
             if not lf.converged:
                 fit.warnings.append(f"the Laplace search for the random-effect SDs did not converge ({lf.message})")
@@ -441,12 +442,12 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
     sds = lf.sd if opts.estimator == "laplace" and lf.sd is not None else np.exp(vcp)
     fit.random = pd.DataFrame({"component": list(blocks), "sd": sds,
                                "n_levels": [b[0].shape[1] for b in blocks.values()]})
-    if opts.estimator == "laplace" and lf.sd_ci is not None:
+    if opts.estimator == "laplace" and lf.sd_ci is not None and opts.sd_intervals:
         # flat SD prior: likelihood-ratio intervals of the restricted Laplace likelihood; they reach 0 when the
         # data cannot tell the SD from 0
         fit.random["sd_ci_low"], fit.random["sd_ci_high"] = lf.sd_ci[:, 0], lf.sd_ci[:, 1]
         fit.random["sd_ci_method"] = "likelihood ratio (restricted Laplace likelihood, other SDs at their estimates)"
-    elif opts.estimator == "laplace":
+    elif opts.estimator == "laplace" and opts.sd_intervals:
         # log-normal SD prior: 95% intervals on the log-SD scale from the curvature of the marginal posterior. For
         # vb/map: none (their joint Hessian in (log SD, effects) is usually not positive definite: the funnel).
         half = Z95 * np.sqrt(np.diag(log_sd_covariance(model, params)))

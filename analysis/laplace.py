@@ -138,7 +138,7 @@ def _lr_interval(prob: _Problem, sd: np.ndarray, k: int, top: float) -> tuple[fl
 
 
 def fit_laplace(model, start_sd: float = 0.5, xatol: float = 1e-3, fatol: float = 1e-5,
-                flat_sd_prior: bool = True) -> LaplaceFit:
+                flat_sd_prior: bool = True, sd_intervals: bool = True) -> LaplaceFit:
     """Mode of the Laplace-approximate marginal posterior of the SDs; fixed and random effects at their
     conditional mode there. ``model``: a ``statsmodels`` ``BinomialBayesMixedGLM``. ``flat_sd_prior``: a flat
     prior on each SD in [0, 20] (default; SDs can be 0, likelihood-ratio intervals) or statsmodels' N(0, vcp_p^2)
@@ -149,7 +149,7 @@ def fit_laplace(model, start_sd: float = 0.5, xatol: float = 1e-3, fatol: float 
     prob = _Problem(model, flat_sd_prior)
     k_vcp = int(model.k_vcp)
     if flat_sd_prior and k_vcp:
-        return _fit_flat(prob, k_vcp, start_sd, xatol, fatol)
+        return _fit_flat(prob, k_vcp, start_sd, xatol, fatol, sd_intervals)
     if k_vcp == 0:
         u, _, f = prob.conditional_mode(np.zeros(0))
         return LaplaceFit(params=u, log_posterior=f, evaluations=1, converged=True, message="no random effects")
@@ -168,7 +168,8 @@ def fit_laplace(model, start_sd: float = 0.5, xatol: float = 1e-3, fatol: float 
                       converged=bool(res.success) and not at_bound, message=message)
 
 
-def _fit_flat(prob: _Problem, k_vcp: int, start_sd: float, xatol: float, fatol: float) -> LaplaceFit:
+def _fit_flat(prob: _Problem, k_vcp: int, start_sd: float, xatol: float, fatol: float,
+              sd_intervals: bool = True) -> LaplaceFit:
     res = optimize.minimize(lambda s: -prob.log_objective_sd(s), np.full(k_vcp, start_sd), method="Nelder-Mead",
                             bounds=[(0.0, SD_MAX)] * k_vcp,
                             options={"xatol": xatol, "fatol": fatol, "maxfev": 400 * k_vcp})
@@ -177,7 +178,8 @@ def _fit_flat(prob: _Problem, k_vcp: int, start_sd: float, xatol: float, fatol: 
     evals = int(res.nfev)
     u, _, _ = prob.conditional_mode(np.log(np.maximum(sd, SD_FLOOR)))
     params = np.r_[u[:prob.kf], np.log(np.maximum(sd, SD_FLOOR)), u[prob.kf:]]
-    ci = np.array([_lr_interval(prob, sd, k, top) for k in range(k_vcp)])
+    ci = (np.array([_lr_interval(prob, sd, k, top) for k in range(k_vcp)]) if sd_intervals
+          else np.full((k_vcp, 2), np.nan))
     at_max = [k for k in range(k_vcp) if sd[k] > SD_MAX - 1e-3]
     message = str(res.message)
     if at_max:

@@ -113,6 +113,7 @@ def power_grid(base: SimulationSpec, participants: Iterable[int], units: Iterabl
                opts: ModelOptions | None = None, progress: bool = False) -> pd.DataFrame:
     """Rejection rate of each test at ``alpha`` for every participants x units-per-group pair of the grid.
     Replicate i of every grid point uses seed ``seed + i`` (common random numbers across the grid)."""
+    opts = opts or ModelOptions(sd_intervals=False)  # tests only: the SD intervals are not needed
     rows = []
     for n_p in participants:
         for n_u in units:
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "spec": {k: v for k, v in dataclasses.asdict(base).items() if k not in ("n_participants", "units_per_group")},
             "grid": {"participants": a.participants, "units_per_group": a.units}, "replicates": a.replicates,
             "seeds": f"{a.seed}..{a.seed + a.replicates - 1} at every grid point", "alpha": a.alpha,
-            "models": a.models, "model_options": dataclasses.asdict(ModelOptions())}
+            "models": a.models, "model_options": dataclasses.asdict(ModelOptions(sd_intervals=False))}
     (out / "power.json").write_text(json.dumps(info, indent=2, default=list) + "\n")
     from analysis.plots import save
 
