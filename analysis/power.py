@@ -140,10 +140,16 @@ def power_figure(power: pd.DataFrame, title: str = ""):
     for r, model in enumerate(models):
         for c, test in enumerate(PRIMARY_TESTS):
             ax = axes[r, c]
-            for n_u, g in d[(d.model == model) & (d.test == test)].groupby("units_per_group"):
+            sub = d[(d.model == model) & (d.test == test)]
+            groups = list(sub.groupby("units_per_group"))
+            span = max(np.ptp(sub.n_participants), 1)
+            for i, (n_u, g) in enumerate(groups):
                 g = g.sort_values("n_participants")
-                ax.errorbar(g.n_participants, g.rejection, yerr=1.96 * g.mc_se, marker="o", capsize=3,
-                            label=f"{n_u} units / layer group")
+                dodge = (i - (len(groups) - 1) / 2) * 0.015 * span  # lines of equal rates stay visible
+                lo = np.clip(g.rejection - 1.96 * g.mc_se, 0, 1)
+                hi = np.clip(g.rejection + 1.96 * g.mc_se, 0, 1)
+                ax.errorbar(g.n_participants + dodge, g.rejection, yerr=[g.rejection - lo, hi - g.rejection],
+                            marker="o", capsize=3, label=f"{n_u} units per layer group")
             alpha = float(d.alpha.iloc[0])
             ax.axhline(0.8, color="0.4", ls="--", lw=1)
             ax.axhline(alpha, color="0.6", ls=":", lw=1)
@@ -152,10 +158,12 @@ def power_figure(power: pd.DataFrame, title: str = ""):
             ax.set_title(f"{model}: {test}", fontsize=10)
             if c == 0:
                 ax.set_ylabel(f"rejection rate at alpha = {alpha:g}")
-    axes[0, -1].legend(loc="lower right", fontsize=8, title="dashed: 0.8; dotted: alpha", title_fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels) + 1, fontsize=8, frameon=False,
+               title="bars: 95% Monte Carlo intervals; dashed: power 0.8; dotted: alpha", title_fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 

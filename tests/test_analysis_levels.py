@@ -160,3 +160,19 @@ def test_power_grows_with_participants():
     inter = p[p.test == "trial type x layer group (interaction)"].set_index("n_participants").rejection
     _print("power of the interaction test", p)
     assert inter[32] > inter[8]
+
+
+def test_power_command_writes_table_figure_and_seeds(tmp_path):
+    from analysis.power import main
+
+    assert main(["--out", str(tmp_path), "--participants", "4", "6", "--units", "7", "--replicates", "2",
+                 "--seed", "9", "--b-fv-late", "-1.0"]) == 0
+    p = pd.read_csv(tmp_path / "power.csv")
+    assert set(p.n_participants) == {4, 6} and (p.replicates == 2).all()
+    assert {"layer group (main effect)", "trial type x layer group (interaction)"} <= set(p.test)
+    assert (tmp_path / "power.png").stat().st_size > 10_000 and (tmp_path / "power.svg").is_file()
+    info = __import__("json").loads((tmp_path / "power.json").read_text())
+    assert info["seeds"].startswith("9..10") and info["spec"]["b_fv_late"] == -1.0
+    assert info["simulated"] == "analysis.simulate:trial" and info["design"].endswith("default.toml")
+    with pytest.raises(ValueError, match="units per group"):
+        main(["--out", str(tmp_path), "--units", "4", "--replicates", "1"])
