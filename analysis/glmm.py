@@ -232,24 +232,37 @@ def wald(L: np.ndarray, b: np.ndarray, V: np.ndarray) -> tuple[float, int, float
 
 
 def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarray, V: np.ndarray,
-                        scale: str, method: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        scale: str, method: str, n_units: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tests of each factor (averaged over the others) and of type x layer; contrasts of type per layer and
-    model-based means per type x layer (random effects at zero)."""
+    model-based means per type x layer (random effects at zero).
+
+    The layer main effect is a between-unit contrast (every unit belongs to one layer group): its information
+    comes from ``n_units`` units, and the Wald chi-square, which treats the unit SD as known, rejected a true
+    null in 8.5% of 200 simulated studies with 10 units per group (analysis/README.md). With ``n_units`` given,
+    that test is an F test, F = chi2 / df on (df, n_units - number of layer groups) degrees of freedom (the
+    "between-within" denominator: the unit-level residual df of a between-unit design). The other tests are
+    within participants and units and stay chi-square."""
     grid = _grid(frame, rhs)
     Xg = np.asarray(patsy.build_design_matrices([design_info], grid)[0])
     tests, cons = [], []
     types, layers = list(frame.type.cat.categories), list(frame.layer.cat.categories)
+    ddf_layer = n_units - len(layers)
 
-    def add_test(name, L, what):
+    def add_test(name, L, what, ddf=0):
         chi2, df, p = wald(L, b, V) if L is not None else (np.nan, 0, np.nan)
-        tests.append({"test": name, "chi2": chi2, "df": df, "p_value": p, "method": method if df else what})
+        rec = {"test": name, "chi2": chi2, "df": df, "p_value": p, "method": method if df else what,
+               "F": np.nan, "ddf": np.nan}
+        if df and ddf > 0:
+            rec.update(F=chi2 / df, ddf=ddf, p_value=float(stats.f.sf(chi2 / df, df, ddf)),
+                       method=f"{method}; F = chi2/df on ({df}, {ddf}) df: units - layer groups (between-unit contrast)")
+        tests.append(rec)
 
     for f, label in (("layer", "layer group (main effect)"), ("type", "trial type (main effect)"), ("n", "n images (main effect)")):
         mm = _marginal_rows(grid, Xg, [f])
         if len(mm) < 2 or f not in rhs:
             add_test(label, None, f"not testable: '{f}' is not in the fitted model")
             continue
-        add_test(label, (mm.iloc[1:].to_numpy() - mm.iloc[[0]].to_numpy()), "")
+        add_test(label, (mm.iloc[1:].to_numpy() - mm.iloc[[0]].to_numpy()), "", ddf_layer if f == "layer" and n_units else 0)
     if len(types) == 2 and len(layers) >= 2 and "type" in rhs and "layer" in rhs:
         mm = _marginal_rows(grid, Xg, ["type", "layer"])
         gap = {l: mm.loc[(types[1], l)].to_numpy() - mm.loc[(types[0], l)].to_numpy() for l in layers}
@@ -460,7 +473,8 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
         elif lo == 0:
             fit.notes.append(f"the {comp} SD ({sd:.3f}) is not distinguishable from 0 (its 95% interval reaches 0)")
     fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, Vb, "logit",
-                                                   "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""))
+                                                   "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""),
+                                                   n_units=n_units if "unit" in blocks else 0)
     fit.seconds = time.perf_counter() - t0
     fit.status = _status(fit)
     return fit
