@@ -10,7 +10,8 @@ EPILOG = """examples:
   fvmatch-analyze data/sessions/pilot/sub-P01_ses-01 data/sessions/pilot/sub-P02_ses-01 --out data/results/p12
   fvmatch-analyze data/sessions/main --out data/results/main --min-catch-accuracy 0.8 --incomplete exclude \\
       --n-as numeric --n-boot 5000 --seed 7
-  fvmatch-analyze --simulate 30 --out data/results/sim30     # write simulated sessions, then analyse them
+  fvmatch-analyze --simulate 30 --out data/results/sim30     # simulate the default design, then analyse
+  fvmatch-analyze --simulate 30 --design my_lab.toml --out data/results/sim30_lab
 
 outputs (contracts/results.py): results.json, accuracy_by_condition.csv, accuracy_by_participant.csv,
 fixed_effects.csv, extra tables (models, model_tests, model_contrasts, random_effects, catch_accuracy),
@@ -37,13 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="n images per unit in the models: factor (default) or numeric, centred")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of participants (default 2000)")
     p.add_argument("--seed", type=int, default=1, help="seed of the bootstrap and of the model fits (default 1)")
-    p.add_argument("--fe-prior-sd", type=float, default=2.0, help="prior SD of fixed effects, logit scale (default 2)")
+    p.add_argument("--fe-prior-sd", type=float, default=10.0,
+                   help="prior SD of fixed effects, logit scale (default 10: negligible unless a cell is all right or "
+                        "all wrong)")
     p.add_argument("--no-models", action="store_true", help="accuracy tables and figures only")
     p.add_argument("--no-figures", action="store_true", help="tables and report without figures (faster)")
     p.add_argument("--allow-mixed-sets", action="store_true", help="analyse sessions of different stimulus sets together")
     p.add_argument("--allow-mixed-designs", action="store_true", help="analyse sessions of different designs together")
     p.add_argument("--simulate", type=int, metavar="N", default=0,
-                   help="simulate N participants (analysis.simulate, seeded by --seed) into RESULTS_DIR/sessions first")
+                   help="simulate N participants (analysis.simulate, seeded by --seed) of --design into "
+                        "RESULTS_DIR/sessions first")
+    p.add_argument("--design", default="default", metavar="NAME_OR_TOML",
+                   help="with --simulate: the experiment design the simulated participants follow, a shipped name "
+                        "(experiment/designs) or a TOML path (default: default)")
+    p.add_argument("--units-per-group", type=int, default=10, metavar="K",
+                   help="with --simulate: units per layer group of the simulated stimulus set (default 10)")
     return p
 
 
@@ -58,9 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     inputs = list(args.sessions)
     if args.simulate:
         from analysis.simulate import SimulationSpec, write_sessions
+        from experiment.config import ConfigError
 
+        try:
+            spec = SimulationSpec.from_design(args.design, units_per_group=args.units_per_group,
+                                              n_participants=args.simulate)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            print(f"fvmatch-analyze: error: --design {args.design}: {e}", file=sys.stderr)
+            return 2
         root = Path(args.out) / "sessions"
-        write_sessions(root, SimulationSpec(n_participants=args.simulate), seed=args.seed)
+        write_sessions(root, spec, seed=args.seed)
         inputs.append(str(root / "sim"))
     if not inputs:
         print("fvmatch-analyze: error: give SESSIONS (a folder of session folders) or --simulate N", file=sys.stderr)

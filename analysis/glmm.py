@@ -10,22 +10,24 @@ Models (all share one design builder and one contrast/test machinery):
     Binomial GLMM of per-row correctness (chance 1/3), crossed participant and unit intercepts: the
     trial's units (mean of the three, as in ``glmm_trial``) plus the row's own unit. The three rows of a trial form a permutation and are dependent; the model's covariance is
     therefore replaced by a sandwich whose likelihood "meat" is clustered by trial (see ``_robust_cov``).
-``mixedlm_cells``
-    Frequentist cross-check: linear mixed model (REML, ``statsmodels.MixedLM``) of per-participant cell
-    accuracy (rows), participant random intercept. A linear probability model: effects are differences in
-    accuracy, not logits; units are averaged within cells.
+``mixedlm_cells`` (not in ``fit_all`` or the report; kept for the validation tables)
+    Linear mixed model (REML, ``statsmodels.MixedLM``) of per-participant cell accuracy (rows), participant
+    random intercept. It ignores the unit variance, and its layer test rejected a true null in 59-73% of
+    replicates at alpha 0.05 (issue 13; analysis/README.md): badly anticonservative, so it is no cross-check.
 
 Both GLMMs are fitted by ``analysis.laplace`` (default ``estimator="laplace"``): the random-effect SDs at the
 mode of their Laplace-approximate marginal posterior, with fixed *and* random effects integrated out (the GLMM
 analogue of REML); fixed effects at their conditional posterior mode given those SDs; covariance from the
-inverse Hessian of the log posterior (conditional on the SDs, as lme4 reports it). ``statsmodels``'
+inverse Hessian of the log posterior conditional on the SDs (lme4's ``vcov(fit, use.hessian = FALSE)``;
+glmer's default inverts the joint Hessian of SDs and fixed effects; bench/lme4_crosscheck.py compares both). ``statsmodels``'
 ``BinomialBayesMixedGLM`` supplies the model (design, priors) and the alternative estimators ``fit_vb`` and
 ``fit_map``. Why not ``fit_vb``: its posterior means agree with lme4::glmer to about 0.01 logit, but it
 estimates the SDs jointly with the fixed effects, which biases them low when a random factor has few levels;
 with about 10 units per layer group the layer test (a between-unit contrast) then rejected a true null in 13%
 of simulations at alpha = 0.05 (5% with ``laplace``; analysis/README.md). Its mean-field ``fe_sd`` is far too
-small in any case, so its SEs also come from the Hessian. Priors: N(0, fe_prior_sd^2) on fixed effects and
-N(0, vcp_prior_sd^2) on log random-effect SDs; p-values are Wald tests on the Laplace covariance.
+small in any case, so its SEs also come from the Hessian. Priors: N(0, fe_prior_sd^2) on fixed effects (10 by
+default: negligible at realistic sizes, it keeps separated estimates finite) and a flat prior on each random-effect
+SD in [0, 20] (or N(0, vcp_prior_sd^2) on the log SDs); p-values are Wald tests on the Laplace covariance.
 """
 
 from __future__ import annotations
@@ -70,8 +72,14 @@ Z95 = stats.norm.ppf(0.975)
 @dataclass
 class ModelOptions:
     n_as: str = "factor"  # n_images as a factor or as a numeric (centred) covariate
-    fe_prior_sd: float = 2.0  # statsmodels default; the prior matters only when the data say little
-    vcp_prior_sd: float = 1.0  # prior SD of log random-effect SDs
+    # N(0, fe_prior_sd^2) on every fixed effect. 10: negligible against the likelihood at realistic sizes (estimates
+    # within 0.01 logit of fe_prior_sd = 1000, so of glmer), still finite and flagged under complete separation.
+    # statsmodels' default 2 moved estimates by up to 0.10 logit and shrank SEs by 4-19% (issue 13).
+    fe_prior_sd: float = 10.0
+    # None: flat prior on each random-effect SD in [0, 20] (restricted likelihood; an SD can be 0 and its interval
+    # reach 0). A number p: N(0, p^2) on the log SDs (statsmodels' form; SDs kept away from 0).
+    vcp_prior_sd: float | None = None
+    sd_intervals: bool = True  # False skips the SD intervals (simulation studies that do not use them: faster)
     seed: int = 0  # fit_vb's random start of the variational SDs (the laplace estimator is deterministic)
     # laplace: SDs from their marginal posterior, fixed effects integrated out (primary; analysis.laplace);
     # vb: posterior means by fit_vb (SDs biased low with few units); map: joint posterior mode (shrinks SDs more)
@@ -224,24 +232,37 @@ def wald(L: np.ndarray, b: np.ndarray, V: np.ndarray) -> tuple[float, int, float
 
 
 def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarray, V: np.ndarray,
-                        scale: str, method: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        scale: str, method: str, n_units: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tests of each factor (averaged over the others) and of type x layer; contrasts of type per layer and
-    model-based means per type x layer (random effects at zero)."""
+    model-based means per type x layer (random effects at zero).
+
+    The layer main effect is a between-unit contrast (every unit belongs to one layer group): its information
+    comes from ``n_units`` units, and the Wald chi-square, which treats the unit SD as known, rejected a true
+    null in 8.5% of 200 simulated studies with 10 units per group (analysis/README.md). With ``n_units`` given,
+    that test is an F test, F = chi2 / df on (df, n_units - number of layer groups) degrees of freedom (the
+    "between-within" denominator: the unit-level residual df of a between-unit design). The other tests are
+    within participants and units and stay chi-square."""
     grid = _grid(frame, rhs)
     Xg = np.asarray(patsy.build_design_matrices([design_info], grid)[0])
     tests, cons = [], []
     types, layers = list(frame.type.cat.categories), list(frame.layer.cat.categories)
+    ddf_layer = n_units - len(layers)
 
-    def add_test(name, L, what):
+    def add_test(name, L, what, ddf=0):
         chi2, df, p = wald(L, b, V) if L is not None else (np.nan, 0, np.nan)
-        tests.append({"test": name, "chi2": chi2, "df": df, "p_value": p, "method": method if df else what})
+        rec = {"test": name, "chi2": chi2, "df": df, "p_value": p, "method": method if df else what,
+               "F": np.nan, "ddf": np.nan}
+        if df and ddf > 0:
+            rec.update(F=chi2 / df, ddf=ddf, p_value=float(stats.f.sf(chi2 / df, df, ddf)),
+                       method=f"{method}; F = chi2/df on ({df}, {ddf}) df: units - layer groups (between-unit contrast)")
+        tests.append(rec)
 
     for f, label in (("layer", "layer group (main effect)"), ("type", "trial type (main effect)"), ("n", "n images (main effect)")):
         mm = _marginal_rows(grid, Xg, [f])
         if len(mm) < 2 or f not in rhs:
             add_test(label, None, f"not testable: '{f}' is not in the fitted model")
             continue
-        add_test(label, (mm.iloc[1:].to_numpy() - mm.iloc[[0]].to_numpy()), "")
+        add_test(label, (mm.iloc[1:].to_numpy() - mm.iloc[[0]].to_numpy()), "", ddf_layer if f == "layer" and n_units else 0)
     if len(types) == 2 and len(layers) >= 2 and "type" in rhs and "layer" in rhs:
         mm = _marginal_rows(grid, Xg, ["type", "layer"])
         gap = {l: mm.loc[(types[1], l)].to_numpy() - mm.loc[(types[0], l)].to_numpy() for l in layers}
@@ -387,13 +408,13 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
     Z = sparse.hstack([b[0] for b in blocks.values()]).tocsr()
     ident = np.concatenate([np.full(b[0].shape[1], i) for i, b in enumerate(blocks.values())]).astype(int)
     vc_names = [f"{k}:{lv}" for k, b in blocks.items() for lv in b[1]]
-    model = BinomialBayesMixedGLM(y.astype(float), X.to_numpy(), Z, ident, vcp_p=opts.vcp_prior_sd,
+    model = BinomialBayesMixedGLM(y.astype(float), X.to_numpy(), Z, ident, vcp_p=opts.vcp_prior_sd or 1.0,
                                   fe_p=opts.fe_prior_sd, fep_names=list(X.columns), vcp_names=list(blocks),
                                   vc_names=vc_names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if opts.estimator == "laplace":
-            lf = fit_laplace(model)
+            lf = fit_laplace(model, flat_sd_prior=opts.vcp_prior_sd is None, sd_intervals=opts.sd_intervals)
             params, fit.iterations = lf.params, lf.evaluations
             if not lf.converged:
                 fit.warnings.append(f"the Laplace search for the random-effect SDs did not converge ({lf.message})")
@@ -413,7 +434,7 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
                              if "did not converge" not in str(w.message)])  # judged above by the final gradient
     A, lik = neg_hessian(model, params)
     kf, kp = model.k_fep, model.k_vcp
-    # Fixed-effect covariance conditional on the variance components (as lme4 reports it): the (fe, vc)
+    # Fixed-effect covariance conditional on the variance components (lme4's use.hessian = FALSE): the (fe, vc)
     # block of the Hessian. It is positive definite whenever the priors are proper, also when an SD
     # collapses towards zero, where the joint Hessian including log-SDs is not (the funnel).
     keep = np.r_[0:kf, kf + kp:A.shape[0]]
@@ -431,19 +452,29 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
         fixed["se_model"] = np.sqrt(np.clip(np.diag(V_model[:kf, :kf]), 0, None))
     fit.fixed = fixed
     vcp = params[kf:kf + kp]
-    fit.random = pd.DataFrame({"component": list(blocks), "sd": np.exp(vcp),
+    sds = lf.sd if opts.estimator == "laplace" and lf.sd is not None else np.exp(vcp)
+    fit.random = pd.DataFrame({"component": list(blocks), "sd": sds,
                                "n_levels": [b[0].shape[1] for b in blocks.values()]})
-    if opts.estimator == "laplace":
-        # 95% intervals on the log-SD scale from the curvature of the marginal posterior. For vb/map: none (their
-        # joint Hessian in (log SD, effects) is usually not positive definite at the estimate: the funnel).
+    if opts.estimator == "laplace" and lf.sd_ci is not None and opts.sd_intervals:
+        # flat SD prior: likelihood-ratio intervals of the restricted Laplace likelihood; they reach 0 when the
+        # data cannot tell the SD from 0
+        fit.random["sd_ci_low"], fit.random["sd_ci_high"] = lf.sd_ci[:, 0], lf.sd_ci[:, 1]
+        fit.random["sd_ci_method"] = "likelihood ratio (restricted Laplace likelihood, other SDs at their estimates)"
+    elif opts.estimator == "laplace" and opts.sd_intervals:
+        # log-normal SD prior: 95% intervals on the log-SD scale from the curvature of the marginal posterior. For
+        # vb/map: none (their joint Hessian in (log SD, effects) is usually not positive definite: the funnel).
         half = Z95 * np.sqrt(np.diag(log_sd_covariance(model, params)))
         fit.random["sd_ci_low"], fit.random["sd_ci_high"] = np.exp(vcp - half), np.exp(vcp + half)
-    for comp, sd in zip(blocks, np.exp(vcp)):
+        fit.random["sd_ci_method"] = "Wald on log SD (curvature of the marginal posterior)"
+    for comp, sd, lo in zip(blocks, sds, fit.random.get("sd_ci_low", pd.Series(np.nan, index=fit.random.index))):
         if sd < 0.05:
-            fit.notes.append(f"the {comp} SD is estimated near zero ({sd:.3f}): a boundary (singular) fit for "
+            fit.notes.append(f"the {comp} SD is estimated at or near zero ({sd:.3f}): a boundary (singular) fit for "
                              "that component, harmless for the fixed effects")
+        elif lo == 0:
+            fit.notes.append(f"the {comp} SD ({sd:.3f}) is not distinguishable from 0 (its 95% interval reaches 0)")
     fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, Vb, "logit",
-                                                   "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""))
+                                                   "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""),
+                                                   n_units=n_units if "unit" in blocks else 0)
     fit.seconds = time.perf_counter() - t0
     fit.status = _status(fit)
     return fit
@@ -500,7 +531,8 @@ def fit_row_glmm(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
 
 @_one_blas_thread
 def fit_mixedlm_cells(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
-    """Cross-check: MixedLM (REML) of per-participant cell accuracy (rows), participant random intercept."""
+    """MixedLM (REML) of per-participant cell accuracy (rows), participant random intercept. Not reported: it
+    ignores unit variance and its layer test is badly anticonservative (validation tables only)."""
     from statsmodels.regression.mixed_linear_model import MixedLM
 
     cells = (trials.groupby(["participant", "trial_type", "layer_group", "n_images"]).n_correct
@@ -557,15 +589,18 @@ def fit_mixedlm_cells(trials: pd.DataFrame, opts: ModelOptions) -> ModelFit:
     return fit
 
 
+REPORTED_MODELS = {"glmm_trial": fit_trial_glmm, "glmm_row": fit_row_glmm}
+
+
 def fit_all(trials: pd.DataFrame, opts: ModelOptions) -> list[ModelFit]:
-    """The primary trial-level GLMM, the per-row GLMM and the frequentist cross-check. Never raises on
-    data that cannot support a model: such a model comes back with status ``not_estimable``."""
+    """The models of the report: the primary trial-level GLMM and the per-row GLMM (``mixedlm_cells`` is not one
+    of them: its tests are uncalibrated). Never raises on data that cannot support a model: such a model comes
+    back with status ``not_estimable``."""
     fits = []
-    for fn in (fit_trial_glmm, fit_row_glmm, fit_mixedlm_cells):
+    for name, fn in REPORTED_MODELS.items():
         try:
             fits.append(fn(trials, opts))
         except Exception as e:  # a model that cannot be fitted must not sink the accuracy report
-            name = {"fit_trial_glmm": "glmm_trial", "fit_row_glmm": "glmm_row"}.get(fn.__name__, "mixedlm_cells")  # noqa
             fits.append(ModelFit(name=name, outcome="?", method=fn.__doc__.split("\n")[0], status=STATUS_NA,
                                  warnings=[f"not estimable: {type(e).__name__}: {e}"]))
     return fits

@@ -10,7 +10,14 @@ of that bias (mean 0.59; rejection 5%; see analysis/README.md).
 The model is statsmodels' ``BinomialBayesMixedGLM`` (its design, ``ident`` and priors are used as they are):
 
     y ~ Bernoulli(logistic(X beta + Z b)),  beta ~ N(0, fe_p^2),  b_j ~ N(0, exp(theta[ident_j])^2),
-    theta_k ~ N(0, vcp_p^2)   (theta: log random-effect SDs)
+    theta_k ~ N(0, vcp_p^2)   (theta: log random-effect SDs; only with ``flat_sd_prior=False``)
+
+By default (``flat_sd_prior=True``) the SDs get a flat prior on [0, 20] instead, so the objective is the
+Laplace-approximate *restricted* likelihood of the SDs and an SD can be estimated at 0, as glmer does: the
+N(0, 1) prior on log SD kept SDs of random-observer data (true SD 0) at 0.09-0.25 with intervals excluding 0.
+Intervals of an SD are then likelihood-ratio (profile-type) intervals of that objective, which reach 0 when
+the data cannot tell the SD from 0 (boundary-aware; the other SDs held at their estimates, cheap, and close to
+the full profile because crossed participant and unit SDs are nearly orthogonal).
 
 For fixed theta, u = (beta, b) is found at its posterior mode by Newton's method (the log posterior is
 concave in u), and the Laplace approximation integrates u out:
@@ -29,7 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, sparse
 
-LOG_SD_BOUNDS = (-7.0, 3.0)  # SDs between 0.001 and 20 on the logit scale
+LOG_SD_BOUNDS = (-7.0, 3.0)  # SDs between 0.001 and 20 on the logit scale (log-normal prior search)
+SD_MAX = 20.0  # flat-prior search: SD in [0, SD_MAX]
+SD_FLOOR = 1e-4  # an SD below this is treated as 0 (its effects are held at 0 by a precision of 1e8)
+CHI2_95_1DF = 3.841458820694124  # likelihood-ratio interval: 2 * drop in log objective <= this
 
 
 @dataclass
@@ -39,12 +49,14 @@ class LaplaceFit:
     evaluations: int
     converged: bool
     message: str
+    sd: np.ndarray | None = None  # SDs (exactly 0 at the boundary); exp of the log SDs in ``params`` otherwise
+    sd_ci: np.ndarray | None = None  # k x 2, 95% intervals of the SDs (flat prior: likelihood-ratio; may reach 0)
 
 
 class _Problem:
     """The pieces of one model needed again and again while theta is searched."""
 
-    def __init__(self, model):
+    def __init__(self, model, flat_sd_prior: bool = True):
         self.X = np.asarray(model.exog, dtype=float)
         self.kf = self.X.shape[1]
         Z = model.exog_vc
@@ -54,6 +66,7 @@ class _Problem:
         self.ident = np.asarray(model.ident, dtype=int) if self.kv else np.zeros(0, int)
         self.fe_prec = 1.0 / model.fe_p**2
         self.vcp_p = float(model.vcp_p)
+        self.flat_sd_prior = flat_sd_prior
         self.u = np.zeros(self.D.shape[1])  # warm start for the next conditional mode
 
     def precisions(self, theta: np.ndarray) -> np.ndarray:
@@ -96,17 +109,47 @@ class _Problem:
         u, H, f = self.conditional_mode(theta)
         # log N(b; 0, sd^2) normalisers (the fixed-effect prior's is a constant), Laplace term, prior on theta
         normalisers = -np.sum(theta[self.ident])
-        return f + normalisers - 0.5 * np.linalg.slogdet(H)[1] - 0.5 * float(theta @ theta) / self.vcp_p**2
+        prior = 0.0 if self.flat_sd_prior else -0.5 * float(theta @ theta) / self.vcp_p**2
+        return f + normalisers - 0.5 * np.linalg.slogdet(H)[1] + prior
+
+    def log_objective_sd(self, sd: np.ndarray) -> float:
+        """Flat prior on the SDs: the Laplace restricted log likelihood as a function of the SDs themselves."""
+        return self.log_posterior(np.log(np.maximum(np.asarray(sd, dtype=float), SD_FLOOR)))
 
 
-def fit_laplace(model, start_sd: float = 0.5, xatol: float = 1e-3, fatol: float = 1e-5) -> LaplaceFit:
-    """Mode of the Laplace-approximate marginal posterior of the log SDs; fixed and random effects at their
-    conditional mode there. ``model``: a ``statsmodels`` ``BinomialBayesMixedGLM``.
+def _lr_interval(prob: _Problem, sd: np.ndarray, k: int, top: float) -> tuple[float, float]:
+    """95% likelihood-ratio interval of SD k (others held at ``sd``): where the log objective is within
+    chi2_1(0.95)/2 of its maximum ``top``. The lower end is 0 when the objective at SD 0 is still above it."""
+    cut = top - CHI2_95_1DF / 2
+
+    def g(v: float) -> float:
+        s = sd.copy()
+        s[k] = v
+        return prob.log_objective_sd(s) - cut
+
+    lo = 0.0
+    if g(0.0) < 0:
+        lo = optimize.brentq(g, 0.0, max(sd[k], SD_FLOOR), xtol=1e-3)
+    hi_b = max(2 * sd[k], 0.1)
+    while g(hi_b) > 0 and hi_b < SD_MAX:
+        hi_b = min(2 * hi_b, SD_MAX)
+    hi = SD_MAX if g(hi_b) > 0 else optimize.brentq(g, max(sd[k], 0.0), hi_b, xtol=1e-3)
+    return lo, hi
+
+
+def fit_laplace(model, start_sd: float = 0.5, xatol: float = 1e-3, fatol: float = 1e-5,
+                flat_sd_prior: bool = True, sd_intervals: bool = True) -> LaplaceFit:
+    """Mode of the Laplace-approximate marginal posterior of the SDs; fixed and random effects at their
+    conditional mode there. ``model``: a ``statsmodels`` ``BinomialBayesMixedGLM``. ``flat_sd_prior``: a flat
+    prior on each SD in [0, 20] (default; SDs can be 0, likelihood-ratio intervals) or statsmodels' N(0, vcp_p^2)
+    prior on the log SDs (SDs stay away from 0; no intervals here, see ``log_sd_covariance``).
 
     Tolerances: log SD to 0.001 (0.1% of the SD) and log posterior to 1e-5; tighter ones (1e-4, 1e-8) changed
     no estimate or SE in the 4th decimal on bench/analysis.py's data and took 25-50% more evaluations."""
-    prob = _Problem(model)
+    prob = _Problem(model, flat_sd_prior)
     k_vcp = int(model.k_vcp)
+    if flat_sd_prior and k_vcp:
+        return _fit_flat(prob, k_vcp, start_sd, xatol, fatol, sd_intervals)
     if k_vcp == 0:
         u, _, f = prob.conditional_mode(np.zeros(0))
         return LaplaceFit(params=u, log_posterior=f, evaluations=1, converged=True, message="no random effects")
@@ -125,10 +168,31 @@ def fit_laplace(model, start_sd: float = 0.5, xatol: float = 1e-3, fatol: float 
                       converged=bool(res.success) and not at_bound, message=message)
 
 
+def _fit_flat(prob: _Problem, k_vcp: int, start_sd: float, xatol: float, fatol: float,
+              sd_intervals: bool = True) -> LaplaceFit:
+    res = optimize.minimize(lambda s: -prob.log_objective_sd(s), np.full(k_vcp, start_sd), method="Nelder-Mead",
+                            bounds=[(0.0, SD_MAX)] * k_vcp,
+                            options={"xatol": xatol, "fatol": fatol, "maxfev": 400 * k_vcp})
+    sd = np.where(res.x < SD_FLOOR, 0.0, res.x)
+    top = prob.log_objective_sd(sd)  # also leaves prob.u at the conditional mode for sd
+    evals = int(res.nfev)
+    u, _, _ = prob.conditional_mode(np.log(np.maximum(sd, SD_FLOOR)))
+    params = np.r_[u[:prob.kf], np.log(np.maximum(sd, SD_FLOOR)), u[prob.kf:]]
+    ci = (np.array([_lr_interval(prob, sd, k, top) for k in range(k_vcp)]) if sd_intervals
+          else np.full((k_vcp, 2), np.nan))
+    at_max = [k for k in range(k_vcp) if sd[k] > SD_MAX - 1e-3]
+    message = str(res.message)
+    if at_max:
+        message += f"; SD of component(s) {at_max} at the search bound {SD_MAX}"
+    return LaplaceFit(params=params, log_posterior=top, evaluations=evals, converged=bool(res.success) and not at_max,
+                      message=message, sd=sd, sd_ci=ci)
+
+
 def log_sd_covariance(model, params: np.ndarray, h: float = 1e-3) -> np.ndarray:
     """Covariance of the log SDs: inverse of the negative Hessian of the Laplace log marginal posterior at
-    ``params`` (central differences); NaN where that Hessian is not positive definite."""
-    prob = _Problem(model)
+    ``params`` (central differences); NaN where that Hessian is not positive definite. For the log-normal SD
+    prior (``fit_laplace(..., flat_sd_prior=False)``)."""
+    prob = _Problem(model, flat_sd_prior=False)
     kf, k = prob.kf, int(model.k_vcp)
     theta = np.asarray(params[kf:kf + k], dtype=float)
     prob.u = np.r_[params[:kf], params[kf + k:]]

@@ -1,6 +1,8 @@
 """Seeded simulator of matching sessions from known effects, written through ``contracts.session``.
 
-Generative model (the one the primary GLMM estimates, so the truth is exact for it):
+Two generators (``SimulationSpec.generator``), both permutation-valid (n_correct is 0, 1 or 3):
+
+``"trial"`` (default; the model the primary GLMM estimates, so the truth is exact for it):
 
 * whole-trial correctness ``P(all three rows right) = logistic(eta)`` with
   ``eta = X beta + b_participant + mean(u_unit over the trial's three units)``,
@@ -10,9 +12,19 @@ Generative model (the one the primary GLMM estimates, so the truth is exact for 
   0.6 makes the five equally likely, so a random observer (``eta = logit(1/6)``) picks a uniform permutation
   and is right on 1/3 of rows and 1/6 of trials.
 
-Rows of one trial are therefore dependent exactly as in the real task (n_correct is 0, 1 or 3).
-No exact per-row logistic truth exists under any permutation-valid generator; the per-row model is
-checked by the calibration of its standard errors instead (see tests).
+``"rows"`` (an independent process, written apart from the models, to validate them on data they do not
+assume): each row's reference unit is *recognised* with probability ``logistic(eta_row)``,
+``eta_row = X beta + b_participant + u_row's unit`` (effects on the logit of recognising one row); recognised rows
+are matched correctly, the unrecognised ones are shuffled among themselves (a uniform permutation, which may
+leave a row right by luck). Exactly two right cannot happen (two recognised rows force the third). Neither GLMM
+is the true model here; with no layer effect in ``eta_row``, the layer and interaction terms of both are 0 by
+symmetry, which is what the slow tests check (levels and coverage).
+
+Rows of one trial are therefore dependent as in the real task. No exact per-row logistic truth exists under
+any permutation-valid generator; the per-row model is checked by the calibration of its standard errors.
+
+``SimulationSpec.from_design`` takes trial counts, conditions, practice and catch trials from an
+``experiment/designs/*.toml`` design, so simulated studies are the study a lab would run.
 """
 
 from __future__ import annotations
@@ -27,6 +39,10 @@ import numpy as np
 import pandas as pd
 
 from contracts.common import software_versions
+
+GENERATORS = ("trial", "rows")
+DEFAULT_DESIGN = "default"  # experiment/designs/default.toml
+DEFAULT_UNITS_PER_GROUP = 10  # fvmatch-stimuli's default --units-per-group
 from contracts.session import TRIAL_COLUMNS, TrialLog, session_dir, write_session_info
 
 LAYER_GROUPS = ("early", "middle", "late")
@@ -62,9 +78,41 @@ class SimulationSpec:
     n_inattentive: int = 0  # participants who answer at random on every trial (catch trials included)
     n_aborted: int = 0  # participants whose session stops half-way (status "aborted")
     random_observer: bool = False  # every participant answers at random (chance-level check)
+    generator: str = "trial"  # "trial": the primary GLMM's model; "rows": independent row recognition (see above)
+    trial_types: tuple[str, ...] = ("exemplar", "feature_vis")
+    layer_groups: tuple[str, ...] = ("early", "middle", "late")
+    design: str = ""  # the design file the counts were taken from ("" = SimulationSpec's own defaults)
     experiment: str = "sim"
     set_id: str = "sim-random-weights"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.generator not in GENERATORS:
+            raise ValueError(f"generator must be one of {GENERATORS}, not {self.generator!r}")
+        if self.units_per_group < 3:
+            raise ValueError(f"units_per_group must be >= 3 (a trial shows three units), not {self.units_per_group}")
+
+    @classmethod
+    def from_design(cls, design: str = DEFAULT_DESIGN, units_per_group: int | None = None, **overrides) -> "SimulationSpec":
+        """A spec with the trial counts and conditions of an experiment design (a shipped name or a TOML path):
+        trials per cell, n levels, trial types, layer groups, practice trials and catch trials (per block x
+        blocks). ``units_per_group`` defaults to the stimulus generator's default (10); it must be
+        enough for no triplet to repeat within a participant (the design's ``max_triplet_uses``)."""
+        from math import comb
+
+        from experiment.config import load_design  # pure TOML + validation: no PsychoPy, no torch
+
+        d = load_design(design)
+        per_group = len(d["design"]["trial_types"]) * len(d["design"]["n_images"]) * d["design"]["trials_per_cell"]
+        units_per_group = DEFAULT_UNITS_PER_GROUP if units_per_group is None else units_per_group
+        if comb(units_per_group, 3) * d["design"]["max_triplet_uses"] < per_group:
+            raise ValueError(f"{d.path}: {per_group} trials per layer group and participant need more than "
+                             f"{units_per_group} units per group for triplets not to repeat (max_triplet_uses "
+                             f"{d['design']['max_triplet_uses']})")
+        return cls(reps_per_cell=d["design"]["trials_per_cell"], n_levels=tuple(d["design"]["n_images"]),
+                   n_practice=d["practice"]["trials"], n_catch=d["catch"]["per_block"] * d["design"]["blocks"],
+                   units_per_group=units_per_group, trial_types=tuple(d["design"]["trial_types"]),
+                   layer_groups=tuple(d["design"]["layer_groups"]), design=d.path, **overrides)
 
     def eta_fixed(self, trial_type: str, layer: str, n: float) -> float:
         fv = trial_type == "feature_vis"
@@ -80,7 +128,7 @@ def _logistic(x):
 
 def unit_pool(spec: SimulationSpec) -> pd.DataFrame:
     rows = []
-    for g in LAYER_GROUPS:
+    for g in spec.layer_groups:
         for k in range(spec.units_per_group):
             layer = _LAYERS[g][k % 2]
             ch = 10 * k + LAYER_GROUPS.index(g)
@@ -93,7 +141,7 @@ def simulate_trials(spec: SimulationSpec, seed: int) -> tuple[pd.DataFrame, dict
     rng = np.random.default_rng(seed)
     units = unit_pool(spec)
     u_unit = dict(zip(units.unit_id, rng.normal(0, spec.sd_unit, len(units))))
-    pools = {g: list(units.unit_id[units.group == g]) for g in LAYER_GROUPS}
+    pools = {g: list(units.unit_id[units.group == g]) for g in spec.layer_groups}
     layer_of = dict(zip(units.unit_id, units.layer))
     channel_of = {u: int(c) for u, c in zip(units.unit_id, units.channel)}
     pids = [f"S{i + 1:02d}" for i in range(spec.n_participants)]
@@ -103,14 +151,15 @@ def simulate_trials(spec: SimulationSpec, seed: int) -> tuple[pd.DataFrame, dict
     start = _dt.datetime(2026, 1, 5, 9, 0, tzinfo=_dt.timezone.utc)
     out = []
     for pi, pid in enumerate(pids):
-        cells = [(t, g, n) for t in TRIAL_TYPES for g in LAYER_GROUPS for n in spec.n_levels] * spec.reps_per_cell
+        cells = [(t, g, n) for t in spec.trial_types for g in spec.layer_groups for n in spec.n_levels] * spec.reps_per_cell
         order = rng.permutation(len(cells))
         main = [(cells[i], False, False) for i in order]
         catch_pos = np.sort(rng.choice(len(main) + 1, size=spec.n_catch, replace=True)) if spec.n_catch else []
         for k, pos in enumerate(catch_pos[::-1]):
-            g = LAYER_GROUPS[k % 3]
+            g = spec.layer_groups[k % len(spec.layer_groups)]
             main.insert(int(pos), (("exemplar", g, spec.n_levels[-1]), False, True))
-        practice = [((TRIAL_TYPES[k % 2], LAYER_GROUPS[k % 3], spec.n_levels[k % len(spec.n_levels)]), True, False)
+        practice = [((spec.trial_types[k % len(spec.trial_types)], spec.layer_groups[k % len(spec.layer_groups)],
+                      spec.n_levels[k % len(spec.n_levels)]), True, False)
                     for k in range(spec.n_practice)]
         plan = practice + main
         if pid in aborted:
@@ -122,6 +171,9 @@ def simulate_trials(spec: SimulationSpec, seed: int) -> tuple[pd.DataFrame, dict
             trial_units = [pool[k] for k in rng.permutation(len(pool))[:3]]
             if spec.random_observer or pid in inattentive:
                 perceived = PERMS[rng.integers(6)]  # a uniform permutation: 1/3 per row, 1/6 per trial
+            elif spec.generator == "rows" and not is_catch:
+                eta = spec.eta_fixed(ttype, group, n) + b_part[pid] + np.array([u_unit[u] for u in trial_units])
+                perceived = _recognise_rows(rng.random(3) < _logistic(eta), rng)
             else:
                 if is_catch:
                     p = spec.p_catch
@@ -162,6 +214,16 @@ def simulate_trials(spec: SimulationSpec, seed: int) -> tuple[pd.DataFrame, dict
     return pd.DataFrame(out, columns=list(TRIAL_COLUMNS)), truth
 
 
+def _recognise_rows(recognised: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
+    """The independent-process generator's trial: recognised rows keep their own candidate; the others are
+    shuffled among themselves by a uniform permutation."""
+    free = [i for i in range(3) if not recognised[i]]
+    perm = list(range(3))
+    for i, j in zip(free, rng.permutation(free)):
+        perm[i] = int(j)
+    return tuple(perm)
+
+
 def write_sessions(sessions_root: Path | str, spec: SimulationSpec, seed: int) -> list[Path]:
     """Simulate and write one session folder per participant; returns the folders."""
     trials, truth = simulate_trials(spec, seed)
@@ -182,7 +244,8 @@ def write_sessions(sessions_root: Path | str, spec: SimulationSpec, seed: int) -
             "monitor": {"name": "simulated", "distance_cm": 60, "width_cm": 50, "resolution": [1920, 1080]},
             "software": software_versions(["statsmodels"]),
             "n_trials_planned": int(planned), "n_trials_completed": int(len(df)), "frame_stats": {},
-            "simulated": "analysis.simulate:glmm" if not spec.random_observer else "analysis.simulate:random",
+            "simulated": ("analysis.simulate:random" if spec.random_observer
+                          else "analysis.simulate:glmm" if spec.generator == "trial" else "analysis.simulate:rows"),
         }
         write_session_info(folder, info)
         with TrialLog(folder / "trials.csv") as log:
@@ -203,7 +266,9 @@ def true_fixed_effects(spec: SimulationSpec, n_as: str = "numeric", rhs: str = "
 
     from analysis.glmm import model_frame
 
-    cells = pd.DataFrame([(t, g, n) for t in TRIAL_TYPES for g in LAYER_GROUPS for n in spec.n_levels],
+    if spec.generator != "trial":
+        raise ValueError("true_fixed_effects: only the 'trial' generator has GLMM effects as its truth")
+    cells = pd.DataFrame([(t, g, n) for t in spec.trial_types for g in spec.layer_groups for n in spec.n_levels],
                          columns=["trial_type", "layer_group", "n_images"])
     frame = model_frame(cells.assign(participant="x"), n_as)
     X = patsy.dmatrix(rhs, frame, return_type="dataframe")

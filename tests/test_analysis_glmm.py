@@ -90,6 +90,7 @@ def test_separation_and_constant_outcomes_are_reported(main_trials):
     fit = fit_trial_glmm(d, ModelOptions())
     assert fit.status == "separation"
     assert any(w.startswith("complete separation in 3 of 18 cells: exemplar/early/1 (all correct") for w in fit.warnings)
+    assert np.isfinite(fit.fixed.estimate).all() and fit.fixed.estimate.abs().max() < 40  # the prior keeps it finite
     allright = main_trials.assign(trial_correct=True, n_correct=3, correct_0=True, correct_1=True, correct_2=True)
     for fn in (fit_trial_glmm, fit_row_glmm, fit_mixedlm_cells):
         f = fn(allright, ModelOptions())
@@ -103,3 +104,17 @@ def test_mixedlm_cross_check_agrees_in_direction(main_trials):
     t = fit_trial_glmm(main_trials, ModelOptions()).fixed.set_index("term").estimate
     m = fit_mixedlm_cells(main_trials, ModelOptions()).fixed.set_index("term").estimate
     assert np.sign(t["type[T.feature_vis]"]) == np.sign(m["type[T.feature_vis]"]) == -1
+
+
+def test_default_fixed_effect_prior_does_not_move_estimates():
+    """12 participants of the default design: the default prior gives the estimates of a practically flat prior
+    (fe_prior_sd = 1000, what glmer does) to a few hundredths of a logit. statsmodels' N(0, 2^2), the former
+    default, moved them by 0.1-0.5 and depended on which levels are the reference."""
+    spec = SimulationSpec.from_design(n_participants=12)
+    trials, _ = simulate_trials(spec, seed=3)
+    main = trials[~trials.is_practice & ~trials.is_catch]
+    est = {sd: fit_trial_glmm(main, ModelOptions(fe_prior_sd=sd, sd_intervals=False)).fixed.set_index("term").estimate
+           for sd in (1000.0, 2.0)}
+    default = fit_trial_glmm(main, ModelOptions(sd_intervals=False)).fixed.set_index("term").estimate
+    assert (default - est[1000.0]).abs().max() < 0.04, (default - est[1000.0])
+    assert (est[2.0] - est[1000.0]).abs().max() > 0.1  # what the former default did

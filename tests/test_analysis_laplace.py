@@ -33,14 +33,16 @@ def test_fixed_and_random_effects_sit_at_the_conditional_posterior_mode():
     assert np.abs(grad[kf:kf + kp]).max() > 1e-3  # the SDs are not at the joint mode (they are integrated)
 
 
-def test_marginal_posterior_of_the_sd_matches_numerical_integration():
+@pytest.mark.parametrize("flat", [True, False])
+def test_marginal_posterior_of_the_sd_matches_numerical_integration(flat):
     """log p(theta | y) up to a constant: the Laplace approximation against the exact integral over the fixed
-    effect and every random effect (nested 1-d quadrature; the levels are independent given beta)."""
+    effect and every random effect (nested 1-d quadrature; the levels are independent given beta). flat: the
+    default flat prior on the SD (the restricted likelihood); else the N(0, 1) prior on log SD."""
     model, y, level = _grouped_model()
     n_levels = level.max() + 1
     k = np.bincount(level, weights=y)
     n = np.bincount(level).astype(float)
-    prob = _Problem(model)
+    prob = _Problem(model, flat_sd_prior=flat)
     thetas = np.log(np.linspace(0.25, 2.0, 15))
     laplace = np.array([prob.log_posterior(np.array([t])) for t in thetas])
 
@@ -54,7 +56,7 @@ def test_marginal_posterior_of_the_sd_matches_numerical_integration():
         per_level = [logsumexp(k[j] * log_p1 + (n[j] - k[j]) * log_p0 - z**2 / 2, axis=1) + np.log(dz / np.sqrt(2 * np.pi))
                      for j in range(n_levels)]
         log_lik_beta = np.sum(per_level, axis=0) - beta**2 / (2 * 2.0**2)
-        exact.append(logsumexp(log_lik_beta) + np.log(dbeta) - t**2 / 2)
+        exact.append(logsumexp(log_lik_beta) + np.log(dbeta) - (0 if flat else t**2 / 2))
     exact = np.array(exact)
     rel_l, rel_e = laplace - laplace.max(), exact - exact.max()
     assert np.abs(rel_l - rel_e).max() < 0.01, np.c_[np.exp(thetas), rel_l, rel_e]
