@@ -7,6 +7,10 @@ Layout::
     units.csv       one row per unit: unit_id, group, layer, channel
     images.csv      one row per image: unit_id, kind, rank, activation, file
     images/<unit_id>/<kind>_<rank>.png
+    path_similarity.csv  optional (1.1): the path-similarity check, one row per unit and network stage
+
+Version 1.1 adds the optional ``path_similarity.*`` files, the ``path_similarity_*`` columns of
+``validation.csv`` and ``parameters.path_similarity``; 1.0 sets are read unchanged.
 
 ``kind`` is ``natural_max`` (rank 0 = most activating), ``natural_min`` (rank 0 = least
 activating) or ``feature_vis`` (rank = visualization index). ``file`` is relative to the set.
@@ -33,7 +37,8 @@ from contracts.common import (
 )
 
 SCHEMA = "fvmatch.stimulus_set"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 adds the optional path-similarity files (path_similarity.csv)
+PATH_SIMILARITY_TABLE = "path_similarity.csv"
 MANIFEST = "manifest.json"
 UNITS_TABLE = "units.csv"
 IMAGES_TABLE = "images.csv"
@@ -142,6 +147,24 @@ def write_stimulus_set(root: os.PathLike | str, manifest: dict, units: pd.DataFr
     write_json_atomic(root / MANIFEST, full)
     load_stimulus_set(root)  # never leave a set behind that its readers would refuse
     return root / MANIFEST
+
+
+def add_files_to_set(root: os.PathLike | str, relfiles: list[str], parameters: dict) -> Path:
+    """Record files written into an existing set (new or replaced) and extra ``parameters`` entries:
+    rehash them, list them in ``extra_files``, and rewrite the manifest atomically (last). The
+    manifest's sha256 changes, so sessions recorded with the old manifest no longer match it."""
+    root = Path(root)
+    mpath = root / MANIFEST
+    manifest = read_json(mpath)
+    check_schema(mpath, manifest, SCHEMA, int(SCHEMA_VERSION.split(".")[0]))
+    for rel in relfiles:
+        manifest["files"][rel] = sha256_file(root / rel)
+    manifest["extra_files"] = sorted(set(manifest.get("extra_files", [])) | set(relfiles))
+    manifest["parameters"].update(parameters)
+    manifest["schema_version"] = SCHEMA_VERSION
+    write_json_atomic(mpath, manifest)
+    load_stimulus_set(root)
+    return mpath
 
 
 def _required_first(df: pd.DataFrame, required: dict) -> pd.DataFrame:
