@@ -233,7 +233,7 @@ def figure(table: pd.DataFrame, title: str, threshold: float = PS.THRESHOLD):
     import matplotlib.pyplot as plt
 
     stats = PS.interval_over_units(table, ["group", "depth"])
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(8, 4.2), constrained_layout=True)
     colors = dict(zip(["early", "middle", "late", "class"], ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"]))
     for group in [g for g in ("early", "middle", "late", "class") if g in set(stats.group)] + sorted(
             set(stats.group) - {"early", "middle", "late", "class"}):
@@ -245,13 +245,19 @@ def figure(table: pd.DataFrame, title: str, threshold: float = PS.THRESHOLD):
         own = table[table.group == group].unit_depth.dropna().unique()
         for d in own:
             ax.axvline(d, color=ax.lines[-1].get_color(), lw=0.6, ls=":")
-    ax.axhline(1, color="0.3", lw=0.8, ls="--")
-    ax.axhline(0, color="0.3", lw=0.8, ls="--")
+    trans = matplotlib.transforms.blended_transform_factory(ax.transAxes, ax.transData)
+    for y, label in ((1, "own top exemplars"), (0, "unrelated natural images")):
+        ax.axhline(y, color="0.3", lw=0.8, ls="--")
+        ax.text(0.01, y, label, transform=trans, va="bottom", ha="left", fontsize=8, color="0.3")
     ax.axhline(threshold, color="0.6", lw=0.6)
-    ax.text(1.0, 1.0, " own top exemplars", va="bottom", ha="right", fontsize=8, color="0.3")
-    ax.text(1.0, 0.0, " unrelated natural images", va="bottom", ha="right", fontsize=8, color="0.3")
+    # few units give wide intervals: keep the scale of the references readable (the table has every value)
+    means = stats["mean"].dropna()
+    lo = max(min(-0.25, means.min() - 0.15) if len(means) else -0.25, -1.5)
+    hi = min(max(1.25, means.max() + 0.15) if len(means) else 1.25, 2.5)
+    ax.set_ylim(lo, hi)
+    ax.set_xlim(0, 1.02)
     ax.set_xlabel("relative depth in the network (input side → logits); dotted: the units' own layers")
     ax.set_ylabel("normalised path similarity\n(feature visualizations vs top exemplars)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig

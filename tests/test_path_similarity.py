@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis.report import Block
 from contracts.stimulus_set import load_stimulus_set, write_stimulus_set
 from stimuli_gen import cli
 from stimuli_gen import path_similarity as PS
@@ -204,3 +205,22 @@ def test_generation_runs_the_check_after_rendering(builtin_collection, tmp_path)
     assert set(t.unit_id) == set(s.units.unit_id) and t.rho_fv.notna().all()
     assert "path_similarity_flag" in pd.read_csv(out / "validation.csv").columns
     assert json.loads((out / "manifest.json").read_text())["parameters"]["config"]["path_similarity"]["n_unrelated"] == 5
+
+
+def test_report_stimulus_section_shows_the_check(small_set, tmp_path):
+    from analysis.report import to_html, to_markdown
+    from analysis.stimuli_section import HEADING, insert_before, stimulus_blocks
+
+    info = lambda p: {"stimulus_set": {"set_id": p.name, "path": str(p), "random_weights": True}}  # noqa: E731
+    blocks, files = stimulus_blocks([info(small_set), info(tmp_path / "gone")], tmp_path / "report")
+    text = to_markdown(blocks)
+    assert "no path-similarity check in the set" in text and "not found at" in text and not files
+    assert cli.main(["--path-similarity", str(small_set), "--similarity-unrelated", "6", "--no-progress",
+                     "--device", "cpu"]) == 0
+    out = tmp_path / "report"
+    blocks, files = stimulus_blocks([info(small_set), info(small_set)], out)
+    kinds = [b.kind for b in blocks]
+    assert kinds.count("figure") == 1 and "table" in kinds and "alert" in kinds and files[0].is_file()
+    assert "median at own layer" in to_html(blocks, out, "t") and "data:image/png;base64" in to_html(blocks, out, "t")
+    merged = insert_before([Block("h2", "A"), Block("h2", "Exclusions")], "Exclusions", blocks)
+    assert merged[1].content == HEADING and merged[-1].content == "Exclusions"
