@@ -225,7 +225,8 @@ def compute_table(vectors: dict[str, np.ndarray], plan: Plan, units: pd.DataFram
     return table
 
 
-def figure(table: pd.DataFrame, title: str, threshold: float = PS.THRESHOLD):
+def figure(table: pd.DataFrame, title: str, threshold: float = PS.THRESHOLD,
+           references: tuple[str, str] = ("own top exemplars", "unrelated natural images")):
     """Normalised similarity against relative depth, one line per layer group, 95% interval over units."""
     import matplotlib
 
@@ -246,7 +247,7 @@ def figure(table: pd.DataFrame, title: str, threshold: float = PS.THRESHOLD):
         for d in own:
             ax.axvline(d, color=ax.lines[-1].get_color(), lw=0.6, ls=":")
     trans = matplotlib.transforms.blended_transform_factory(ax.transAxes, ax.transData)
-    for y, label in ((1, "own top exemplars"), (0, "unrelated natural images")):
+    for y, label in ((1, references[0]), (0, references[1])):
         ax.axhline(y, color="0.3", lw=0.8, ls="--")
         ax.text(0.01, y, label, transform=trans, va="bottom", ha="left", fontsize=8, color="0.3")
     ax.axhline(threshold, color="0.6", lw=0.6)
@@ -257,7 +258,7 @@ def figure(table: pd.DataFrame, title: str, threshold: float = PS.THRESHOLD):
     ax.set_ylim(lo, hi)
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("relative depth in the network (input side → logits); dotted: the units' own layers")
-    ax.set_ylabel("normalised path similarity\n(feature visualizations vs top exemplars)")
+    ax.set_ylabel(f"normalised path similarity\n(feature visualizations vs {references[0]})")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig

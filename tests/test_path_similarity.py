@@ -2,8 +2,10 @@
 functions, seeds, batch size, bad input, and the set's files (standalone and after generation)."""
 
 import json
+import os
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -224,3 +226,57 @@ def test_report_stimulus_section_shows_the_check(small_set, tmp_path):
     assert "median at own layer" in to_html(blocks, out, "t") and "data:image/png;base64" in to_html(blocks, out, "t")
     merged = insert_before([Block("h2", "A"), Block("h2", "Exclusions")], "Exclusions", blocks)
     assert merged[1].content == HEADING and merged[-1].content == "Exclusions"
+
+
+# ---- class units (the paper's version) ----------------------------------------------------------
+
+def test_class_labels_from_folders_and_from_a_labels_file(builtin_collection, tmp_path):
+    from stimuli_gen.path_similarity_classes import class_indices, labelled_collection
+
+    by_folder = labelled_collection(str(builtin_collection), None)
+    assert by_folder.label.nunique() == 9 and (by_folder.groupby("label").size() == 12).all()
+    f = tmp_path / "labels.csv"
+    rel = [os.path.relpath(p, tmp_path) for p in by_folder.path]
+    pd.DataFrame({"path": rel, "label": by_folder.label}).to_csv(f, index=False)
+    by_file = labelled_collection(None, str(f))
+    assert [Path(p).resolve() for p in by_file.path] == [Path(p).resolve() for p in by_folder.path]
+    assert list(by_file.label) == list(by_folder.label)
+    m = class_indices(sorted(set(by_folder.label)), None, "torchvision_googlenet", 1000)
+    assert m["astronaut"] == 0 and sorted(m.values()) == list(range(9))
+    with pytest.raises(ValueError, match="class-index"):
+        class_indices(["a"], None, "lucid_inceptionv1", 1008)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(by_folder.path.iloc[0], flat / "x.jpg")
+    with pytest.raises(ValueError, match="not in a class folder"):
+        labelled_collection(str(flat), None)
+
+
+def test_logit_view_renders_and_reads_the_class_logit(net):
+    from stimuli_gen.path_similarity_classes import WithLogits
+
+    view = WithLogits(net.net, 1000)
+    x = torch.rand(2, 3, 64, 64)
+    z = view.forward_layers(x, ["logits"], relu="post")["logits"]
+    assert z.shape == (2, 1000, 1, 1)
+    assert torch.allclose(z[:, :, 0, 0], net.net(x), atol=1e-5)
+
+
+def test_class_mode_on_a_tiny_labelled_collection(builtin_collection, tmp_path, capsys):
+    from stimuli_gen.path_similarity_classes import main
+
+    out = tmp_path / "classes"
+    argv = ["--collection", str(builtin_collection), "--classes", "astronaut,coffee", "--out", str(out),
+            "--weights", "random", "--n-related", "4", "--n-unrelated", "5", "--fv-per-unit", "1", "--fv-steps", "2",
+            "--fv-size", "32", "--resize", "56", "--crop", "48", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    t = pd.read_csv(out / "path_similarity.csv")
+    assert set(t.label) == {"astronaut", "coffee"} and len(t) == 2 * 12
+    assert (t.unit_layer == "logits").all() and (t.unrelated_source == "other classes").all()
+    assert t.rho_related_pairs.iloc[0] == 6 and t.rho_unrelated_pairs.iloc[0] == 20 and t.rho_fv_pairs.iloc[0] == 4
+    assert (out / "path_similarity.png").is_file() and (out / "classes.csv").is_file()
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+    # too few images of a class: refused before rendering, nothing written
+    bad = tmp_path / "bad"
+    assert main([*argv[:5], str(bad), *argv[6:8], "--n-related", "13"]) == 1
+    assert "too few images" in capsys.readouterr().err and not bad.exists()
