@@ -280,3 +280,33 @@ def test_class_mode_on_a_tiny_labelled_collection(builtin_collection, tmp_path, 
     bad = tmp_path / "bad"
     assert main([*argv[:5], str(bad), *argv[6:8], "--n-related", "13"]) == 1
     assert "too few images" in capsys.readouterr().err and not bad.exists()
+
+
+@pytest.mark.parametrize("name", ["torchvision_googlenet", "lucid_inceptionv1"])
+def test_stages_are_the_networks_own_outputs_in_order(name):
+    from stimuli_gen.path_similarity_run import STEM_STAGES, stage_vectors
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = load_model(name, "random", seed=1)
+    x = torch.rand(2, 3, 64, 64)
+    v = stage_vectors(m.net, name, x, "mean")
+    assert list(v) == list(STEM_STAGES[name].values()) + list(m.net.layer_names) + ["logits"]
+    blocks = m.net.forward_layers(x, m.net.layer_names, relu="post")
+    for layer, maps in blocks.items():
+        assert torch.allclose(v[layer], maps.mean(dim=(2, 3)), atol=1e-5), layer
+    assert torch.allclose(v["logits"], m.net(x), atol=1e-4)
+    flat = stage_vectors(m.net, name, x, "flat")
+    last = m.net.layer_names[-1]
+    assert flat[last].shape[1] == blocks[last][0].numel()
+
+
+@pytest.mark.parametrize("spare", [[0, 0, 0, 1, 1], [0.0, 0.0, 0.0, 1.0, 1.0], ["0", "0", "0", "1", "1"]])
+def test_spare_exemplars_are_not_top_exemplars_however_the_table_was_read(small_set, spare):
+    s = load_stimulus_set(small_set)
+    images = s.images.copy()
+    nat = images.kind == "natural_max"
+    images.loc[nat, "spare"] = pd.Series(spare * (int(nat.sum()) // 5), index=images.index[nat]).astype(object)
+    plan = make_plan(s.units, images, small_set, CheckOptions(n_unrelated=4))
+    for u, r in plan.rows.items():
+        assert [Path(plan.images[i]).name for i in r["top"]] == [f"natural_max_{k:02d}.png" for k in range(3)]
