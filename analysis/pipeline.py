@@ -16,6 +16,7 @@ from analysis.exclusions import apply_exclusions
 from analysis.glmm import ModelFit, ModelOptions, fit_all, fixed_effects_table
 from analysis.load import load_sessions
 from analysis.report import Block, write_report
+from analysis.stimuli_section import insert_before, stimulus_blocks
 from contracts.common import software_versions
 from contracts.results import TABLES, write_results_info
 
@@ -123,6 +124,8 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
         "random_weight_sets": [s["set_id"] for s in loaded.stimulus_sets if s["random_weights"]],
     }
     blocks = build_report(loaded, excl, cond, cond_tl, fits, fig_paths, opts, warns, provenance)
+    stim_blocks, stim_files = stimulus_blocks(loaded.infos, out)  # path-similarity check of the set(s)
+    blocks, written = insert_before(blocks, "Exclusions", stim_blocks), written + stim_files
     written += write_report(blocks, out, "fvmatch analysis")
     outputs = sorted({p.relative_to(out).as_posix() for p in written})
     info = {

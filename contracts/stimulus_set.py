@@ -7,6 +7,10 @@ Layout::
     units.csv       one row per unit: unit_id, group, layer, channel
     images.csv      one row per image: unit_id, kind, rank, activation, file
     images/<unit_id>/<kind>_<rank>.png
+    path_similarity.csv  optional (1.1): the path-similarity check, one row per unit and network stage
+
+Version 1.1 adds the optional ``path_similarity.*`` files, the ``path_similarity_*`` columns of
+``validation.csv`` and ``parameters.path_similarity``; 1.0 sets are read unchanged.
 
 ``kind`` is ``natural_max`` (rank 0 = most activating), ``natural_min`` (rank 0 = least
 activating) or ``feature_vis`` (rank = visualization index). ``file`` is relative to the set.
@@ -36,10 +40,12 @@ from contracts.common import (
 
 SCHEMA = "fvmatch.stimulus_set"
 SCHEMA_VERSION = "1.1"  # 1.1: content_sha256 of the manifest itself; images.csv column random_weights;
-# feature-visualization search columns, calibration and sampling records (issue 17)
+# feature-visualization search columns, calibration and sampling records (issue 17); the optional
+# path-similarity files (path_similarity.csv, issue 14)
 CONTENT_HASH_FIELD = "content_sha256"
 UNCHECKED_WARNING = ("was written before stimulus-set schema 1.1: edits of its manifest.json (e.g. of random_weights) "
                      "cannot be detected")
+PATH_SIMILARITY_TABLE = "path_similarity.csv"
 MANIFEST = "manifest.json"
 UNITS_TABLE = "units.csv"
 IMAGES_TABLE = "images.csv"
@@ -181,6 +187,24 @@ def _check_integrity(mpath: Path, manifest: dict, images: pd.DataFrame, ipath: P
     elif minor >= 1:
         raise ContractError(ipath, "missing column random_weights (schema 1.1 records it)")
     return []
+def add_files_to_set(root: os.PathLike | str, relfiles: list[str], parameters: dict) -> Path:
+    """Record files written into an existing set (new or replaced) and extra ``parameters`` entries:
+    rehash them, list them in ``extra_files``, and rewrite the manifest atomically (last). The
+    manifest's sha256 changes, so sessions recorded with the old manifest no longer match it."""
+    root = Path(root)
+    mpath = root / MANIFEST
+    load_stimulus_set(root)  # refuses an edited manifest before this writer re-seals it
+    manifest = read_json(mpath)
+    for rel in relfiles:
+        manifest["files"][rel] = sha256_file(root / rel)
+    manifest["extra_files"] = sorted(set(manifest.get("extra_files", [])) | set(relfiles))
+    manifest["parameters"].update(parameters)
+    if CONTENT_HASH_FIELD in manifest:  # a 1.0 set keeps its version: it lacks what 1.1 requires (images.csv random_weights)
+        manifest["schema_version"] = SCHEMA_VERSION
+        manifest[CONTENT_HASH_FIELD] = manifest_content_sha256(manifest)  # this writer's own change, re-sealed
+    write_json_atomic(mpath, manifest)
+    load_stimulus_set(root)
+    return mpath
 
 
 def _required_first(df: pd.DataFrame, required: dict) -> pd.DataFrame:

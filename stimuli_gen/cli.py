@@ -20,6 +20,9 @@ EPILOG = """examples:
   # 8 GPUs on one node (the collection is sharded by rank; lists are merged exactly)
   torchrun --nproc_per_node=8 -m stimuli_gen.cli --config my-set.toml
 
+  # the path-similarity check alone, on a set made earlier (no re-rendering)
+  fvmatch-stimuli --path-similarity data/stimuli/demo
+
   # only write the built-in collection
   fvmatch-stimuli --builtin-collection data/collections/builtin
 
@@ -55,6 +58,9 @@ OVERRIDES = {
     "--activations-from": ("exemplars.activations_from", str, "earlier stimulus set saved with --save-activations: pick this run's exemplars from its activations (no pass over the images)"),
     "--fv-per-unit": ("feature_vis.per_unit", int, "feature visualizations per unit (0: skip rendering)"),
     "--fv-preset": ("feature_vis.preset", str, "rendering preset name (stimuli_gen.render)"),
+    "--similarity-metric": ("path_similarity.metric", str, "path-similarity check: spearman (default), pearson or cosine"),
+    "--similarity-pooling": ("path_similarity.pooling", str, "path-similarity check: mean (spatially averaged channels, default) or flat (flattened maps)"),
+    "--similarity-unrelated": ("path_similarity.n_unrelated", int, "path-similarity check: unrelated natural images per unit (default 20)"),
 }
 FV_OVERRIDES = {"--fv-steps": ("steps", int, "optimization steps per visualization"),
                 "--fv-size": ("size", int, "visualization size in px")}
@@ -62,7 +68,8 @@ FV_OVERRIDES = {"--fv-steps": ("steps", int, "optimization steps per visualizati
 
 CHOICES = {"--model": ["torchvision_googlenet", "lucid_inceptionv1"], "--statistic": ["mean", "max"],
            "--relu": ["pre", "post"], "--precision": ["auto", "fp32", "bf16"],
-           "--decoder": ["auto", "pil", "torchvision"], "--activations-dtype": ["float16", "float32"]}
+           "--decoder": ["auto", "pil", "torchvision"], "--activations-dtype": ["float16", "float32"],
+           "--similarity-metric": ["spearman", "pearson", "cosine"], "--similarity-pooling": ["mean", "flat"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save every channel's activation on every image (float16 activations.npy)")
     p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run from its checkpoint")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing stimulus set (only a folder that is one; never the collection)")
+    p.add_argument("--no-path-similarity", action="store_true",
+                   help="skip the path-similarity check after rendering (Geirhos et al. 2023; stimuli_gen/README.md)")
+    p.add_argument("--path-similarity", metavar="SET",
+                   help="run only the path-similarity check on an existing stimulus set (no re-rendering) and exit; "
+                        "--seed, --device and --similarity-* apply")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--builtin-collection", metavar="DIR", help="write the built-in natural-image collection to DIR and exit")
     return p
@@ -105,6 +117,8 @@ def config_from_args(args: argparse.Namespace):
             cfg.set(key, True)
     if args.no_progress:
         cfg.run.progress = False
+    if args.no_path_similarity:
+        cfg.path_similarity.enabled = False
     return cfg
 
 
@@ -117,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_builtin_collection(args.builtin_collection)
         print(f"wrote {len(paths)} images to {args.builtin_collection}")
         return 0
+    if args.path_similarity:
+        return _path_similarity(args)
     if not args.out and not args.config:
         parser.print_help()
         return 2
@@ -131,6 +147,24 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsUnavailable, CollectionError, ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
         print(f"fvmatch-stimuli: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _path_similarity(args: argparse.Namespace) -> int:
+    """The check alone on an existing set: its own network and weights, the set's images."""
+    from contracts.common import ContractError
+    from stimuli_gen.models import WeightsUnavailable
+    from stimuli_gen.path_similarity_set import check_existing_set, options_from_config, print_summary
+
+    try:
+        cfg = config_from_args(args)
+        opts = options_from_config(cfg)
+        result = check_existing_set(args.path_similarity, opts, device=cfg.run.device, progress=cfg.run.progress,
+                                    weights=args.weights if args.weights not in (None, "auto") else None)
+    except (WeightsUnavailable, ContractError, ValueError, FileNotFoundError) as e:
+        print(f"fvmatch-stimuli: error: {e}", file=sys.stderr)
+        return 1
+    print_summary(result, args.path_similarity)
     return 0
 
 

@@ -24,6 +24,8 @@ Every field ends up in the manifest (``GeneratorConfig.to_dict()``). Example::
     preset = "fvmatch"              # fvmatch (diversity weight searched per unit) | lucid | borowski2021
     [feature_vis.overrides]         # passed to RenderConfig.from_preset
     steps = 512
+    [path_similarity]               # the check after rendering; enabled = false skips it
+    metric = "spearman"             # spearman | pearson | cosine
     [run]
     out = "data/stimuli/my-set"
     seed = 0
@@ -91,6 +93,16 @@ class FeatureVisConfig:
 
 
 @dataclass
+class PathSimilarityConfig:
+    """The path-similarity check after rendering (stimuli_gen.path_similarity; Geirhos et al. 2023)."""
+
+    enabled: bool = True
+    metric: str = "spearman"  # spearman | pearson | cosine
+    pooling: str = "mean"  # mean (spatially averaged channel vectors) | flat (flattened maps)
+    n_unrelated: int = 20  # unrelated natural images per unit (seeded with run.seed)
+
+
+@dataclass
 class RunConfig:
     out: str = ""
     device: str = "auto"
@@ -107,6 +119,7 @@ class GeneratorConfig:
     units: UnitsConfig = field(default_factory=UnitsConfig)
     exemplars: ExemplarConfig = field(default_factory=ExemplarConfig)
     feature_vis: FeatureVisConfig = field(default_factory=FeatureVisConfig)
+    path_similarity: PathSimilarityConfig = field(default_factory=PathSimilarityConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:

@@ -118,6 +118,10 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         raise ValueError(f"relu must be one of {RELU_MODES}, got {ex.relu!r}")
     if ex.k < 1 or ex.spares < 0:
         raise ValueError(f"k must be >= 1 and spares >= 0 (got k={ex.k}, spares={ex.spares})")
+    if cfg.path_similarity.enabled:
+        from stimuli_gen.path_similarity_set import options_from_config
+
+        options_from_config(cfg).check()
     decoder = col.decoder if col.decoder != "auto" else ("torchvision" if device.type == "cuda" else "pil")
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be 'auto' or one of {DECODERS}, got {col.decoder!r}")
@@ -254,6 +258,13 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
                  columns=["index", "source", "conversion"]).to_csv(out / CONVERTED_TABLE, index=False)
     pd.DataFrame({"index": range(len(paths)), "source": [_relative_source(p, root) for p in paths]}).to_csv(
         out / COLLECTION_TABLE, index=False)
+    ps_files, ps_params = [], {"skipped": "no feature visualizations" if val is None else "disabled"}
+    if val is not None and cfg.path_similarity.enabled:  # Geirhos et al. 2023 check; adds columns to val
+        from stimuli_gen.path_similarity_set import check_at_generation, options_from_config
+
+        val, ps_files, ps_params = check_at_generation(out, model, units, natural, fv_rows, val, paths, pp, device,
+                                                       options_from_config(cfg), cfg.run.progress, say)
+    extra += ps_files
     if val is not None:
         val.to_csv(out / VALIDATION_TABLE, index=False)
         extra.append(VALIDATION_TABLE)
@@ -285,6 +296,7 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
                      "units_per_layer": {g: {str(k): int(v) for k, v in units[units.group == g].groupby(
                          "layer", sort=False).size().items()} for g in groups}},
         "feature_vis": fv_params if fv_params is not None else {"per_unit": 0, "skipped": True},
+        "path_similarity": ps_params,
         "distributed": {"world_size": info.world_size, "sharding": "strided by rank"},
         "device": str(device),
     }
