@@ -255,3 +255,66 @@ def test_static_files_only(served):
             raise AssertionError(f"{path} was served")
         except urllib.error.HTTPError as e:
             assert e.code == 404
+
+
+# --- session contract 1.3: mode; lab and online together in the analysis -----------------------------------
+
+def _lab_session(data: Path, experiment: str, pid: str, k: int, fixture_set: Path, old_schema: bool = False) -> Path:
+    """A finished lab session written with the lab's storage code (the PsychoPy window left out)."""
+    from contracts.session import TRIALS_FILE, TrialLog
+    from experiment.storage import save_info, trial_row
+
+    plan = new_session(data, experiment, pid, 1, load_design("demo"), load_stimulus_set(fixture_set), counterbalance=k)
+    plan.folder.mkdir(parents=True)
+    frames = {"frames": 100, "frames_dropped": 0, "frame_interval_mean_ms": 16.7, "frame_interval_sd_ms": 0.2}
+    with TrialLog(plan.folder / TRIALS_FILE) as log:
+        for t in plan.trials:
+            a = correct_assignment(t.candidate_units) if t.trial_index % 3 else [0, 1, 2]
+            log.append(trial_row(plan, t, [], [[1.0, "confirm", None]], a, "2026-12-02T05:00:00+00:00", frames))
+    plan.info.update(status="completed", n_trials_completed=len(plan.trials))
+    save_info(plan)
+    if old_schema:  # as written by fvmatch before session schema 1.3: no mode
+        p = plan.folder / "session.json"
+        info = json.loads(p.read_text())
+        info.pop("mode")
+        info["schema_version"] = "1.2"
+        p.write_text(json.dumps(info))
+    return plan.folder
+
+
+def test_session_mode_lab_online_and_older_sessions(served, fixture_set):
+    from contracts.common import ContractError
+    from contracts.session import read_session_info, session_mode, write_session_info
+
+    url, study, data = served
+    lab = _lab_session(data, study.experiment, "L01", 5, fixture_set)
+    old = _lab_session(data, study.experiment, "L02", 6, fixture_set, old_schema=True)
+    assert session_mode(read_session_info(lab)) == "lab" and session_mode(read_session_info(old)) == "lab"
+    info = read_session_info(lab)
+    info.pop("schema"), info.pop("schema_version")
+    with pytest.raises(ContractError, match="'mode'"):
+        write_session_info(lab, {**info, "mode": "kiosk"})
+
+
+def test_analysis_reads_lab_and_online_sessions_with_mode(served, fixture_set, tmp_path):
+    from analysis.load import load_sessions
+    from analysis.pipeline import AnalysisOptions, run_analysis
+
+    url, study, data = served
+    _lab_session(data, study.experiment, "L01", 5, fixture_set)
+    _lab_session(data, study.experiment, "L02", 6, fixture_set, old_schema=True)
+    for pid in ("W01", "W02"):
+        post(url, "api/start", {"params": {"participant": pid}})
+        for t in study._plans[pid].trials:
+            assert post(url, "api/trial", answer(t, pid))[0] == 200
+        assert post(url, "api/finish", {"params": {"participant": pid}})[0] == 200
+    loaded = load_sessions([data / study.experiment])
+    assert dict(zip(loaded.sessions.participant, loaded.sessions["mode"])) == {"L01": "lab", "L02": "lab", "W01": "online", "W02": "online"}
+    assert set(loaded.trials["mode"]) == {"lab", "online"}
+    res = run_analysis([data / study.experiment], tmp_path / "res",
+                       AnalysisOptions(n_boot=20, fit_models=False, figures=False))
+    report = (tmp_path / "res" / "report.md").read_text()
+    assert "Lab and online sessions" in report and "online" in report
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert results["inputs"]["session_modes"] == {"lab": 2, "online": 2}
+    assert not res.warnings or not any("different designs" in w for w in res.warnings)
