@@ -318,3 +318,13 @@ def test_analysis_reads_lab_and_online_sessions_with_mode(served, fixture_set, t
     results = json.loads((tmp_path / "res" / "results.json").read_text())
     assert results["inputs"]["session_modes"] == {"lab": 2, "online": 2}
     assert not res.warnings or not any("different designs" in w for w in res.warnings)
+
+
+def test_online_command_help_and_no_torch():
+    code = ("import sys, online.cli, online.server, online.sessions, online.export, online.config\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'psychopy'))\n"
+            "assert not bad, bad\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([sys.executable, "-m", "online.cli", "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and "examples:" in out.stdout

@@ -372,7 +372,7 @@ async function main() {
   const images = [...new Set(remaining.flatMap((t) => [...t.reference.flat(), ...t.candidate.flat()]))];
   const timeline = [
     { type: jsPsychFullscreen, fullscreen_mode: true,
-      message: "<p>The study runs in full screen. It takes about as long as the researchers said in the invitation.</p>",
+      message: "<p>The study runs in full screen. Please close other tabs and stay in full screen until the end.</p>",
       button_label: "Full screen" },
     { type: jsPsychBrowserCheck, minimum_width: study.online.min_width_px, minimum_height: study.online.min_height_px,
       features: ["width", "height", "browser", "browser_version", "mobile", "os"],
