@@ -328,3 +328,19 @@ def test_online_command_help_and_no_torch():
     assert out.returncode == 0, out.stderr
     out = subprocess.run([sys.executable, "-m", "online.cli", "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0 and "examples:" in out.stdout
+
+
+def test_counterbalance_indices_are_assigned_in_balance_under_concurrency(served):
+    import threading
+
+    url, study, data = served
+    codes = []
+    threads = [threading.Thread(target=lambda i=i: codes.append(post(url, "api/start", {"params": {"participant": f"C{i:02d}"}})[0]))
+               for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert codes == [200] * 8
+    ks = sorted(read_session_info(f)["design"]["counterbalance"] for f in (data / study.experiment).iterdir())
+    assert ks == list(range(8))  # each index once, none skipped

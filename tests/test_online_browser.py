@@ -155,3 +155,21 @@ def test_whole_online_session_in_a_browser_with_a_crash(online_study, tmp_path):
                           "--no-models", "--no-figures", "--n-boot", "50"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "res" / "accuracy_by_condition.csv").is_file()
+
+
+def test_a_too_small_window_is_asked_to_grow(online_study, tmp_path):
+    from online.server import StudyServer
+    from online.sessions import OnlineStudy
+
+    study = OnlineStudy(online_study, tmp_path / "sessions")
+    with StudyServer(study, port=0, quiet=True) as srv:
+        b = Browser(width=900, height=560)
+        try:
+            b.get(srv.url + "?participant=small01")
+            b.click("#jspsych-fullscreen-btn")
+            b.find("#browser-check-actual-width")
+            assert "too small" in b.text() and "at least 1000 x 600" in b.text()
+            assert not b.js("return !!document.getElementById('end_resize_phase')")  # no calibration, no trials
+        finally:
+            b.quit()
+    assert read_trials(tmp_path / "sessions" / study.experiment / "sub-small01_ses-01").empty
