@@ -57,13 +57,15 @@ def participant(port: int, pid: str, seed: int, latencies: list, codes: list) ->
     conn = http.client.HTTPConnection(HOST, port, timeout=60)
 
     def post(path: str, body: dict) -> tuple[int, dict]:
-        data = json.dumps({"params": {"participant": pid}, **body}).encode()
+        data = json.dumps({"params": {"participant": pid}, "run": run, **body}).encode()
         conn.request("POST", "/api/" + path, body=data, headers={"Content-Type": "application/json"})
         r = conn.getresponse()
         return r.status, json.loads(r.read())
 
+    run = None
     code, start = post("start", {"client": {"user_agent": "bench"}})
     assert code == 200, start
+    run = start["run"]
     for t in start["trials"][start["start_index"]:]:
         a = [0, 1, 2]
         rng.shuffle(a)

@@ -3,10 +3,13 @@
 Serves the exported study's task files and images (nothing else: not study.json, not the stimulus tables,
 whose names reveal units) and four JSON endpoints, each a method of ``online.sessions.OnlineStudy``:
 
-    POST api/start   {params, client}                 -> the participant's trials (new or resumed)
-    POST api/trial   {params, trial_index, clicks, assignment, onset, frames, paused_s} -> saved (fsync'd)
-    POST api/event   {params, kind, ...}              -> calibration, focus loss, time on instructions
-    POST api/finish  {params}                         -> completed; the completion URL
+    POST api/start   {params, client}                 -> the participant's trials (new or resumed) and a run number
+    POST api/trial   {params, run, trial_index, clicks, assignment, onset, frames, paused_s} -> saved (fsync'd)
+    POST api/event   {params, run, kind, ...}         -> calibration, focus loss, time on instructions
+    POST api/finish  {params, run}                    -> completed; the completion URL
+
+``params`` are the page's URL parameters (the participant id); ``run`` is the number the start answer gave:
+only the latest opening of the link records (an older tab gets 409 and stops).
 
 Refusals are JSON ``{"error": ...}`` with 400 (malformed), 404 (no such trial or file), 409 (replayed,
 out of order, already took part), 411/413 (no or too large body), 415 (not JSON).

@@ -226,7 +226,7 @@ class OnlineStudy:
             save_info(plan)
             ns = sorted({t.n_images for t in plan.trials})
             return {
-                "participant": pid, "experiment": self.experiment, "resumed": resumed,
+                "participant": pid, "experiment": self.experiment, "resumed": resumed, "run": len(plan.info["runs"]) - 1,
                 "start_index": plan.info["n_trials_completed"], "n_trials": len(plan.trials),
                 "trials": [browser_trial(t, self.urls) for t in plan.trials],
                 "layouts": {str(n): layout_json(n, self.design["display"]) for n in ns},
@@ -242,6 +242,7 @@ class OnlineStudy:
             plan = self._plan(pid)
             if plan.info["status"] == "completed":
                 raise RequestError(409, f"participant {pid}: the session is completed; nothing more is recorded")
+            self._check_run(plan, body)
             n_saved = plan.info["n_trials_completed"]
             i = body.get("trial_index")
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(plan.trials):
@@ -280,6 +281,18 @@ class OnlineStudy:
                                    "answer": correct_assignment(t.candidate_units)}
             return out
 
+    @staticmethod
+    def _check_run(plan: SessionPlan, body: dict) -> None:
+        """Only the latest opening of the link may record: a page left open in another tab or window (or an old
+        retry from it) is refused, so one participant never answers from two screens at once."""
+        run = body.get("run")
+        latest = len(plan.info.get("runs", [])) - 1
+        if isinstance(run, bool) or not isinstance(run, int):
+            raise RequestError(400, f"'run' must be the run number the start answer gave, got {run!r}")
+        if run != latest:
+            raise RequestError(409, "the study was opened again in another tab or window; continue there "
+                                    "(this page no longer records answers)", superseded=True)
+
     def record_event(self, body: dict) -> dict:
         """Calibration, focus losses and time on the instructions, into session.json ``online``."""
         pid, _, _ = participant_from_params(body.get("params"))
@@ -288,6 +301,7 @@ class OnlineStudy:
             raise RequestError(400, f"'kind' must be one of {EVENT_KINDS}, got {kind!r}")
         with self._lock(pid):
             plan = self._plan(pid)
+            self._check_run(plan, body)
             on = plan.info.setdefault("online", {})
             if kind == "focus_loss":
                 on["focus_losses"] = int(on.get("focus_losses") or 0) + 1
@@ -317,6 +331,7 @@ class OnlineStudy:
         pid, _, _ = participant_from_params(body.get("params"))
         with self._lock(pid):
             plan = self._plan(pid)
+            self._check_run(plan, body)
             n = plan.info["n_trials_completed"]
             if n != len(plan.trials):
                 raise RequestError(409, f"participant {pid}: {n} of {len(plan.trials)} trials recorded; the session is not finished",

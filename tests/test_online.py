@@ -37,10 +37,10 @@ def post(url: str, path: str, body, raw: bytes | None = None, headers: dict | No
         return e.code, json.loads(e.read() or b"{}")
 
 
-def answer(trial, pid: str, clicks_for=None) -> dict:
+def answer(trial, pid: str, run: int = 0) -> dict:
     a = correct_assignment(trial.candidate_units)
     clicks = [c for i in range(3) for c in ([0.5 + i, "candidate", a[i]], [0.9 + i, "reference", i])] + [[4.0, "confirm", None]]
-    return {"params": {"PROLIFIC_PID": pid}, "trial_index": trial.trial_index, "clicks": clicks, "assignment": a,
+    return {"params": {"PROLIFIC_PID": pid}, "run": run, "trial_index": trial.trial_index, "clicks": clicks, "assignment": a,
             "onset": "2026-12-02T05:00:00.000+00:00", "paused_s": 0,
             "frames": {"frames": 240, "frames_dropped": 1, "frame_interval_mean_ms": 16.7, "frame_interval_sd_ms": 0.4}}
 
@@ -149,7 +149,7 @@ def test_trials_are_written_as_they_arrive_and_the_session_completes(served):
         assert code == 200, res
         assert len(read_trials(folder)) == i + 1  # on disk when the answer comes
         assert ("feedback" in res) == t.is_practice
-    code, res = post(url, "api/finish", {"params": {"PROLIFIC_PID": pid}})
+    code, res = post(url, "api/finish", {"params": {"PROLIFIC_PID": pid}, "run": 0})
     assert code == 200 and res["completion_url"] == "https://example.org/done?cc=TEST"
     info = read_session_info(folder)
     assert info["status"] == "completed" and info["mode"] == "online" and info["n_trials_completed"] == len(plan.trials)
@@ -171,14 +171,14 @@ def test_reload_resumes_after_the_last_saved_trial(served):
     study._plans.clear()  # as after a server restart: the plan comes back from disk
     code, res = post(url, "api/start", {"params": {"workerId": "A1B2C3"}})
     assert code == 200 and res["resumed"] and res["start_index"] == 4
-    assert post(url, "api/trial", answer(plan.trials[4], "A1B2C3"))[0] == 200
+    assert post(url, "api/trial", answer(plan.trials[4], "A1B2C3", run=1))[0] == 200
     info = read_session_info(data / study.experiment / "sub-A1B2C3_ses-01")
     assert len(info["runs"]) == 2 and info["runs"][1]["start_index"] == 4
 
 
 @pytest.mark.parametrize("case", ["replay", "skip", "no_such_trial", "not_a_trial", "bad_json", "not_object", "huge",
                                   "path_id", "bad_clicks", "assignment_mismatch", "confirm_early", "bad_onset",
-                                  "unknown_participant", "no_length", "not_json_type", "bad_event"])
+                                  "unknown_participant", "no_length", "not_json_type", "bad_event", "old_tab"])
 def test_bad_input_is_refused_and_changes_nothing(served, case):
     url, study, data = served
     post(url, "api/start", {"params": {"participant": "P05"}})
@@ -210,8 +210,12 @@ def test_bad_input_is_refused_and_changes_nothing(served, case):
         body = {**good, "onset": "yesterday"}
     elif case == "unknown_participant":
         body, expect = {**good, "params": {"participant": "P99"}}, 404
+    elif case == "old_tab":  # the link was opened again elsewhere: the first page may no longer record
+        assert post(url, "api/start", {"params": {"participant": "P05"}})[0] == 200
+        before, outside = snapshot(data), snapshot(data.parent)
+        body, expect = good, 409
     elif case == "bad_event":
-        code, res = post(url, "api/event", {"params": {"participant": "P05"}, "kind": "calibration", "calibration": {"px_per_cm": -3}})
+        code, res = post(url, "api/event", {"params": {"participant": "P05"}, "run": 0, "kind": "calibration", "calibration": {"px_per_cm": -3}})
         assert code == 400 and "px_per_cm" in res["error"]
         assert snapshot(data) == before
         return
@@ -307,7 +311,7 @@ def test_analysis_reads_lab_and_online_sessions_with_mode(served, fixture_set, t
         post(url, "api/start", {"params": {"participant": pid}})
         for t in study._plans[pid].trials:
             assert post(url, "api/trial", answer(t, pid))[0] == 200
-        assert post(url, "api/finish", {"params": {"participant": pid}})[0] == 200
+        assert post(url, "api/finish", {"params": {"participant": pid}, "run": 0})[0] == 200
     loaded = load_sessions([data / study.experiment])
     assert dict(zip(loaded.sessions.participant, loaded.sessions["mode"])) == {"L01": "lab", "L02": "lab", "W01": "online", "W02": "online"}
     assert set(loaded.trials["mode"]) == {"lab", "online"}

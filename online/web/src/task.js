@@ -24,7 +24,7 @@ async function post(path, body, { retry = true } = {}) {
     try {
       resp = await fetch(API + path, {
         method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ params, ...body }),
+        body: JSON.stringify({ params, run: study ? study.run : null, ...body }),
       });
     } catch (err) {
       if (!retry) throw err;
@@ -35,6 +35,7 @@ async function post(path, body, { retry = true } = {}) {
     }
     notice(null);
     const data = await resp.json().catch(() => ({ error: `server answered ${resp.status}` }));
+    if (data.superseded) { fatal(data.error); throw new Error(data.error); }
     if (resp.status >= 500 && retry) {
       await sleep(wait);
       wait = Math.min(wait * 2, 8000);
