@@ -13,13 +13,18 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 WITH_DISPLAY := tools/with-display.sh
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow venv clean-demo bench help
+# The online task's jsPsych (npm ci from the lock file; stamp keyed on it), and chromium for its browser tests.
+NPM_DIR := online/web
+NPM_STAMP := $(NPM_DIR)/node_modules/.installed-$(shell cat $(NPM_DIR)/package-lock.json | sha256sum | cut -c1-12)
+
+.PHONY: demo test test-slow venv clean-demo bench help online-deps
 
 help:
 	@echo "make demo   - generate a demo stimulus set, run simulated participants, analyse (data/*/demo)"
 	@echo "make test   - run the test suite (window tests under Xvfb)"
 	@echo "make test-slow - run the slow repetition tests (coverage of intervals over simulations)"
 	@echo "make bench  - run the CPU-runnable benchmarks in bench/"
+	@echo "make online-deps - install jsPsych (npm ci) and chromium for the online task and its tests"
 
 venv: $(STAMP)
 
@@ -32,7 +37,16 @@ $(STAMP): pyproject.toml Makefile
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-test: $(STAMP)
+online-deps: $(NPM_STAMP)
+
+$(NPM_STAMP): $(NPM_DIR)/package-lock.json
+	@tools/browser-deps.sh
+	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@rm -f $(NPM_DIR)/node_modules/.installed-*
+	@touch $@
+
+test: $(STAMP) $(NPM_STAMP)
+	@tools/browser-deps.sh
 	@$(WITH_DISPLAY) $(VPY) -m pytest $(PYTEST_ARGS)
 
 # The repetition tests (interval coverage over many simulated data sets); minutes, not in `make test`.
@@ -46,6 +60,7 @@ bench: $(STAMP)
 	$(VPY) bench/exemplars.py --quick
 	$(VPY) bench/render.py --quick
 	$(VPY) bench/analysis.py
+	$(VPY) bench/online_server.py --quick
 
 clean-demo:
 	rm -rf data/stimuli/demo data/sessions/demo data/results/demo data/collections/builtin

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from contracts.common import ContractError, sha256_json
-from contracts.session import SESSION_FILE, TRIALS_FILE, read_session_info, read_trials
+from contracts.session import SESSION_FILE, TRIALS_FILE, read_session_info, read_trials, session_mode
 
 LAYER_GROUPS = ("early", "middle", "late")
 # Keys of the design config that legitimately differ between participants of one experiment.
@@ -216,13 +216,13 @@ def load_sessions(
         elif len(df) != info["n_trials_completed"]:
             warns.append(f"{folder}: {SESSION_FILE} says {info['n_trials_completed']} trials completed, "
                          f"{TRIALS_FILE} holds {len(df)}; the rows are analysed")
-        df = df.assign(session_folder=str(folder))
+        df = df.assign(session_folder=str(folder), mode=session_mode(info))
         tables.append(df)
         infos.append(info)
         st = info["stimulus_set"]
         rows.append({
             "folder": str(folder), "experiment": info["experiment"], "participant": info["participant"],
-            "session": info["session"], "status": info["status"],
+            "session": info["session"], "mode": session_mode(info), "status": info["status"],
             "n_trials_planned": info["n_trials_planned"], "n_trials_completed": info["n_trials_completed"],
             "n_rows": len(df), "set_id": st["set_id"], "manifest_sha256": st["manifest_sha256"],
             "set_path": st.get("path"),

@@ -121,6 +121,7 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
         "experiments": sorted(loaded.sessions.experiment.unique()),
         "session_software": _unique_dicts([i["software"] for i in loaded.infos]),
         "simulated_sessions": int(loaded.sessions.simulated.notna().sum()),
+        "session_modes": {str(k): int(v) for k, v in loaded.sessions["mode"].value_counts().items()},
         "random_weight_sets": [s["set_id"] for s in loaded.stimulus_sets if s["random_weights"]],
     }
     blocks = build_report(loaded, excl, cond, cond_tl, fits, fig_paths, opts, warns, provenance)
@@ -184,6 +185,12 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
                         f"{', '.join(prov['experiments'])}; {ex['n_participants_analysed']} participant(s) and "
                         f"{ex['n_trials_analysed']} main trials analysed. Chance is 1/3 per matched row and 1/6 per "
                         "whole trial (one of 3! = 6 assignments); exactly two rows right is impossible."))
+    if s["mode"].nunique() > 1:  # lab and online sessions together (session schema 1.3)
+        by_mode = excl.trials.groupby(["mode", "trial_type"]).agg(
+            accuracy=("trial_correct", "mean"), n_participants=("participant", "nunique"), n_trials=("trial_correct", "size"))
+        B.append(Block("h2", "Lab and online sessions"))
+        B.append(Block("table", _round(by_mode.reset_index(), ["mode", "trial_type", "accuracy", "n_participants", "n_trials"]),
+                       "Whole-trial accuracy of the main trials analysed, by session mode (descriptive; the models pool modes)."))
     if warns:
         B.append(Block("h2", "Warnings"))
         B.append(Block("list", warns))
@@ -298,7 +305,7 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
         B.append(Block("table", excl.catch, "Catch-trial accuracy per participant (whole trial)."))
 
     B.append(Block("h2", "Provenance"))
-    B.append(Block("table", s[["participant", "session", "status", "n_rows", "n_trials_planned", "set_id",
+    B.append(Block("table", s[["participant", "session", "mode", "status", "n_rows", "n_trials_planned", "set_id",
                                "simulated", "design_hash", "folder"]].fillna("—"), "Sessions read."))
     B.append(Block("table", pd.DataFrame(prov["stimulus_sets"]), "Stimulus sets (manifest sha256)."))
     B.append(Block("pre", "\n".join(f"{k}: {v}" for k, v in asdict(opts).items()), "Options"))

@@ -28,12 +28,13 @@ import pandas as pd
 from contracts.common import ContractError, check_schema, sha256_json, read_json, read_table, require_fields, write_json_atomic
 
 SCHEMA = "fvmatch.session"
-SCHEMA_VERSION = "1.2"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s
+SCHEMA_VERSION = "1.3"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3 adds mode and online
 SESSION_FILE = "session.json"
 TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"
 TRIAL_TYPES = ("exemplar", "feature_vis")
 STATUSES = ("running", "completed", "aborted")
+MODES = ("lab", "online")  # session.json 'mode' (1.3); sessions written before 1.3 are lab sessions
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z, not $: "$" also matches before a final newline
 
 # Column name -> kind, in file order. Writers write exactly these (plus declared extras).
@@ -124,6 +125,11 @@ def write_session_info(folder: os.PathLike | str, info: dict) -> Path:
     return path
 
 
+def session_mode(info: dict) -> str:
+    """'lab' or 'online'; sessions written before schema 1.3 have no 'mode' and are lab sessions."""
+    return info.get("mode", "lab")
+
+
 def read_session_info(folder: os.PathLike | str) -> dict:
     path = Path(folder) / SESSION_FILE
     info = read_json(path)
@@ -137,6 +143,10 @@ def _validate_session_info(path: Path, info: dict) -> None:
     if info["status"] not in STATUSES:
         raise ContractError(path, f"field 'status' is {info['status']!r}, expected one of {STATUSES}")
     require_fields(path, info["stimulus_set"], {"set_id": str, "manifest_sha256": str}, "stimulus_set.")
+    if info.get("mode", "lab") not in MODES:
+        raise ContractError(path, f"field 'mode' is {info['mode']!r}, expected one of {MODES}")
+    if "online" in info and not isinstance(info["online"], dict):
+        raise ContractError(path, "field 'online' must be an object")
     if "design_sha256" in info and not (isinstance(info["design_sha256"], str) and len(info["design_sha256"]) == 64):
         raise ContractError(path, "field 'design_sha256' must be a 64-character hex sha256")
 

@@ -103,7 +103,7 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
         seed = derive_seed(design.seed, experiment, participant, session)
     trials = build_trials(design, stimset.units, stimset.images, counterbalance, seed)
     info = {
-        "experiment": experiment, "participant": participant, "session": session, "status": "running",
+        "experiment": experiment, "participant": participant, "session": session, "mode": "lab", "status": "running",
         "started": now_iso(), "ended": None,
         "stimulus_set": {"set_id": stimset.set_id, "path": str(stimset.root.resolve()),
                          "manifest_sha256": stimset.manifest_sha256, "random_weights": stimset.random_weights},

@@ -22,3 +22,20 @@ def fixture_set(tmp_path_factory) -> Path:
     """A valid stimulus set (12 units, 10 images per kind, 64 px), made without torch. Do not modify it."""
     base = tmp_path_factory.mktemp("stimuli")
     return make_fixture_set(base / "fixture-set", base / "collection")
+
+
+@pytest.fixture(scope="session")
+def online_study(fixture_set, tmp_path_factory) -> Path:
+    """The demo design exported as an online study from the fixture set (no blind-spot step: the design's
+    viewing distance is assumed, so a browser test needs no key presses for calibration)."""
+    from contracts.stimulus_set import load_stimulus_set
+    from experiment.config import load_design
+    from online.config import load_online_config
+    from online.export import NODE_MODULES, export_study
+
+    if not (NODE_MODULES / "jspsych" / "package.json").is_file():
+        pytest.skip("jsPsych is not installed: run `make online-deps` (npm ci in online/web)")
+    out = tmp_path_factory.mktemp("online") / "study"
+    export_study(load_stimulus_set(fixture_set), load_design("demo"), out,
+                 load_online_config(None, {"blindspot_reps": 0, "completion_url": "https://example.org/done?cc=TEST"}))
+    return out

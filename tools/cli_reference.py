@@ -9,18 +9,27 @@ from __future__ import annotations
 import argparse
 import importlib
 
-COMMANDS = (("fvmatch-stimuli", "stimuli_gen.cli"), ("fvmatch-session", "experiment.cli"), ("fvmatch-analyze", "analysis.cli"))
+COMMANDS = (("fvmatch-stimuli", "stimuli_gen.cli"), ("fvmatch-session", "experiment.cli"), ("fvmatch-analyze", "analysis.cli"),
+            ("fvmatch-online", "online.cli"))
 
 
 def parser_for(module: str) -> argparse.ArgumentParser:
     return importlib.import_module(module).build_parser()
 
 
+def _parsers(prog: str, parser: argparse.ArgumentParser):
+    """(title, parser) for a command, or for each subcommand of a command that has them."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(prog, parser)]
+    return [(f"{prog} {name}", sub) for name, sub in subs[0].choices.items()]
+
+
 def reference() -> str:
     out = []
-    for prog, module in COMMANDS:
-        out.append(f"#### `{prog}`\n\n| option | meaning (default) |\n|---|---|")
-        for action in parser_for(module)._actions:
+    for title, parser in [tp for prog, module in COMMANDS for tp in _parsers(prog, parser_for(module))]:
+        out.append(f"#### `{title}`\n\n| option | meaning (default) |\n|---|---|")
+        for action in parser._actions:
             if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
                 continue
             name = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.metavar or action.dest}`"
