@@ -65,6 +65,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "resolution": (list, ...),
         "fullscreen": (bool, True),
         "screen": (int, 0),
+        "refresh_hz": ((int, float), 60.0),
     },
     "timing": {
         "iti_s": ((int, float), 0.5),
@@ -218,6 +219,8 @@ def _check_values(c: dict, path: Path | str) -> None:
         fail("monitor.distance_cm", "must be in [10, 1000] cm")
     if not 5 <= m["width_cm"] <= 500:
         fail("monitor.width_cm", "must be in [5, 500] cm")
+    if not 20 <= m["refresh_hz"] <= 500:
+        fail("monitor.refresh_hz", "must be in [20, 500] Hz")
     res = m["resolution"]
     if len(res) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 200 <= v <= 16384 for v in res):
         fail("monitor.resolution", "must be [width_px, height_px], integers >= 200")

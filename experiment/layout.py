@@ -103,3 +103,17 @@ def screen_size_deg(width_cm: float, distance_cm: float, resolution: list[int]) 
 def message_button_y(screen_h_deg: float, text_deg: float) -> float:
     """Vertical position of the button of a text screen (instructions, breaks): near the bottom."""
     return -screen_h_deg / 2 + 3.5 * text_deg
+
+
+MIN_TEXT_SCALE = 0.6  # text is never shrunk below this fraction of display.text_deg to make it fit
+
+
+def fitted_text_height(height: float, measured: float, available: float, text_deg: float) -> float | None:
+    """The letter height at which a text block that is ``measured`` deg high at ``height`` fits into
+    ``available`` deg: ``height`` when it already fits, else a proportionally smaller one (the wrap
+    width stays, so a smaller text also takes fewer lines: proportional is on the safe side); None
+    when that is below ``MIN_TEXT_SCALE * text_deg`` (the runner then refuses the design)."""
+    if measured <= available:
+        return height
+    h = 0.98 * height * available / measured
+    return h if h >= MIN_TEXT_SCALE * text_deg else None
