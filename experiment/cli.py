@@ -22,11 +22,12 @@ EPILOG = """examples:
       --session 1 --simulate noisy:0.8 --data-dir data/sessions --no-dialog
 
   # check a stimulus set against a design, and write the trial list as a PsychoPy conditions file
-  fvmatch-session --stimuli data/stimuli/study1 --participant P07 --check-only --export-conditions P07.csv
+  # (the list depends on experiment, participant and session: give the ones the session will use)
+  fvmatch-session --stimuli data/stimuli/study1 --experiment study1 --participant P07 --session 1 \
+      --check-only --export-conditions P07.csv
 
 data: data/sessions/<experiment>/sub-<participant>_ses-<NN>/{session.json,trials.csv,psychopy/}
-exit status: 0 completed (or checks passed), 2 bad input or refused, 3 aborted with Escape,
-             4 stopped by --max-trials (session left 'running', continue with --resume)
+exit status: 0 completed (or checks passed), 2 bad input or refused, 3 aborted with Escape
 """
 
 
@@ -156,9 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         out = write_conditions_csv(plan.trials, args.export_conditions, image_root=str(stimset.root.resolve()))
         print(f"conditions file: {out} ({len(plan.trials)} trials)")
     n_main = sum(not t.is_practice and not t.is_catch for t in plan.trials)
+    info = plan.info
+    print(f"plan for experiment {info['experiment']!r}, participant {info['participant']!r}, session {info['session']}: "
+          f"seed {info['seed']}, counterbalance {info['design']['counterbalance']} ({info['design']['counterbalance_rule']})")
+    for g, r in (info.get("shared_images") or {}).items():
+        if r["excluded"]:
+            print(f"  layer group {g}: {r['excluded']} of {r['triplets']} triplets left out because two of their units "
+                  f"show the same or a near-duplicate photograph ({len(r['pairs'])} unit pair(s))")
     print(f"{plan.folder}: {len(plan.trials)} trials ({n_main} main, {sum(t.is_practice for t in plan.trials)} practice, "
-          f"{sum(t.is_catch for t in plan.trials)} catch), counterbalance {plan.info['design']['counterbalance']}, "
-          f"seed {plan.info['seed']}" + (f", resuming at trial {plan.start_index + 1}" if plan.resumed else ""))
+          f"{sum(t.is_catch for t in plan.trials)} catch)" + (f", resuming at trial {plan.start_index + 1}" if plan.resumed else ""))
     if args.check_only:
         return 0
 
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{plan.folder}; continue with --resume once the problem is fixed.")
     done = plan.info["n_trials_completed"]
     print(f"{status}: {done} of {len(plan.trials)} trials saved in {plan.folder} ({time.perf_counter() - t0:.1f} s)")
-    return {"completed": 0, "aborted": 3, "running": 4}[status]
+    return {"completed": 0, "aborted": 3, "running": 4}[status]  # 4: only with the hidden test option --max-trials
 
 
 if __name__ == "__main__":

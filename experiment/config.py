@@ -38,6 +38,8 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "blocks": (int, 1),
         "max_triplet_uses": (int, 1),
         "fv_source": (str, "random"),
+        "shared_images": (str, "exclude"),
+        "near_duplicate_bits": (int, 2),
     },
     "practice": {
         "trials": (int, 0),
@@ -185,6 +187,10 @@ def _check_values(c: dict, path: Path | str) -> None:
         fail("design.max_triplet_uses", "must be at least 1 (1 = a triplet never repeats for a participant)")
     if d["fv_source"] not in ("random", "first"):
         fail("design.fv_source", "must be 'random' (a seeded random choice of n visualizations) or 'first' (ranks 0..n-1)")
+    if d["shared_images"] not in ("exclude", "allow"):
+        fail("design.shared_images", "must be 'exclude' (units showing the same photograph never share a trial) or 'allow'")
+    if not -1 <= d["near_duplicate_bits"] <= 32:
+        fail("design.near_duplicate_bits", "must be in [-1, 32] (-1: identical images only)")
     if not 0 <= d["seed"] < 2**63:
         fail("design.seed", "must be a non-negative integer")
     p = c["practice"]

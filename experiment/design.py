@@ -22,6 +22,10 @@ Rules (each documented where it is implemented):
   side has the same statistics in every trial type.
 * **Feature visualizations.** n of the unit's visualizations, a seeded random choice
   (``design.fv_source = "random"``) or ranks 0..n-1 (``"first"``).
+* **Shared images.** Two units of a group that show the same photograph (or a near duplicate) in
+  the shown ranks never appear in one trial: with ``design.shared_images = "exclude"`` (default)
+  every triplet containing such a pair is left out of the study order, and every built trial is
+  checked again (``experiment.overlap``). ``shared_image_report`` says how many were left out.
 * **Catch trials** are exemplar trials whose candidate rows show exactly the reference images
   (trivial matches, an attention check).
 * Images within a row are shown in random order on both sides.
@@ -43,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from experiment.config import Design
+from experiment.overlap import check_trial, conflicting_pairs
 
 KIND_NATURAL = "natural_max"
 KIND_FV = "feature_vis"
@@ -115,24 +120,59 @@ def usable_images(images: pd.DataFrame) -> pd.DataFrame:
     return images
 
 
-def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFrame) -> list[str]:
-    """Everything the stimulus set lacks for this design, as sentences (empty: the set is enough)."""
+def excluded_pairs(design: Design, units: pd.DataFrame, images: pd.DataFrame,
+                   fingerprints: dict | None) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Per group, the unit pairs that may not share a trial (see ``experiment.overlap``); none without
+    fingerprints or with ``design.shared_images = "allow"``."""
+    if fingerprints is None or design["design"]["shared_images"] == "allow":
+        return {g: [] for g in design["design"]["layer_groups"]}
+    k_nat, _ = required_images(design)
+    pairs = conflicting_pairs(units, usable_images(images), k_nat, fingerprints, design["design"]["near_duplicate_bits"])
+    return {g: pairs.get(g, []) for g in design["design"]["layer_groups"]}
+
+
+def _allowed_triplets(ids: list[str], pairs: list[tuple]) -> list[tuple[str, str, str]]:
+    bad = {frozenset(p[:2]) for p in pairs}
+    return [c for c in itertools.combinations(sorted(ids), 3)
+            if not any(frozenset(q) in bad for q in itertools.combinations(c, 2))]
+
+
+def shared_image_report(design: Design, units: pd.DataFrame, images: pd.DataFrame, fingerprints: dict | None) -> dict:
+    """Per group: triplets of its units, how many were excluded for shared images, and the pairs why."""
+    out = {}
+    for g, pairs in excluded_pairs(design, units, images, fingerprints).items():
+        ids = sorted(units.loc[units.group == g, "unit_id"])
+        n_all = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
+        out[g] = {"triplets": n_all, "excluded": n_all - len(_allowed_triplets(ids, pairs)),
+                  "pairs": [{"units": [a, b], "files": [fa, fb]} for a, b, fa, fb in pairs]}
+    return out
+
+
+def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFrame,
+                         fingerprints: dict | None = None) -> list[str]:
+    """Everything the stimulus set lacks for this design, as sentences (empty: the set is enough).
+    With ``fingerprints`` (``experiment.overlap.image_fingerprints``) triplets whose units share an
+    image are not counted as available."""
     images = usable_images(images)
     problems = []
     k_nat, k_fv = required_images(design)
     need = triplets_needed(design)
     max_uses = design["design"]["max_triplet_uses"]
+    pairs = excluded_pairs(design, units, images, fingerprints)
     for g, t in need.items():
         ids = sorted(units.loc[units.group == g, "unit_id"])
         if len(ids) < 3:
             problems.append(f"layer group {g!r}: {len(ids)} unit(s) in the set, a trial needs 3")
             continue
-        n_trip = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
+        n_all = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
+        n_trip = len(_allowed_triplets(ids, pairs[g]))
+        shared = (f" ({n_all - n_trip} of {n_all} left out because two of their units show the same or a "
+                  f"near-duplicate photograph, e.g. {pairs[g][0][2]} and {pairs[g][0][3]})") if n_trip < n_all else ""
         if n_trip * max_uses < t:
             problems.append(
-                f"layer group {g!r}: {len(ids)} units give {n_trip} distinct triplets, but a participant has {t} trials "
-                f"in this group and design.max_triplet_uses = {max_uses}: add units to the set, reduce the trials, "
-                f"or allow repeats")
+                f"layer group {g!r}: {len(ids)} units give {n_trip} distinct triplets{shared}, but a participant has {t} "
+                f"trials in this group and design.max_triplet_uses = {max_uses}: add units to the set, reduce the "
+                f"trials, or allow repeats")
         for uid in ids:
             nat = set(images.loc[(images.unit_id == uid) & (images.kind == KIND_NATURAL), "rank"])
             missing = [r for r in range(k_nat) if r not in nat]
@@ -149,14 +189,18 @@ def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFra
 # Triplets
 
 
-def triplet_study_order(unit_ids: list[str], seed: int, group: str) -> list[tuple[str, str, str]]:
-    """All triplets of a group's units, ordered so that unit use stays even along the order.
+def triplet_study_order(unit_ids: list[str], seed: int, group: str,
+                        excluded: list[tuple] = ()) -> list[tuple[str, str, str]]:
+    """All triplets of a group's units (but those containing an ``excluded`` pair), ordered so that unit
+    use stays even along the order.
 
     Greedy: the next triplet is the remaining one whose units have been used least so far (sum of
     counts), ties broken by a random order seeded by ``(seed, group)``. The same for all participants.
     """
     ids = sorted(unit_ids)
-    combos = np.array(list(itertools.combinations(range(len(ids)), 3)), dtype=np.int64)
+    allowed = set(_allowed_triplets(ids, list(excluded)))
+    combos = np.array([c for c in itertools.combinations(range(len(ids)), 3)
+                       if tuple(ids[j] for j in c) in allowed], dtype=np.int64).reshape(-1, 3)
     rng = np.random.default_rng(derive_seed("triplet-order", seed, group))
     combos = combos[rng.permutation(len(combos))]
     counts = np.zeros(len(ids), dtype=np.int64)
@@ -195,12 +239,13 @@ def abba_split(n: int, s: int) -> tuple[list[int], list[int]]:
 
 
 def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, counterbalance: int,
-                 session_seed: int) -> list[TrialSpec]:
+                 session_seed: int, fingerprints: dict | None = None) -> list[TrialSpec]:
     """The full, ordered trial list (practice, then blocks with catch trials) of one session.
 
-    Raises ValueError listing what the set lacks when it cannot serve this design.
+    ``fingerprints`` (file -> (sha256, dhash), ``experiment.overlap.image_fingerprints``) enables the
+    shared-image rule. Raises ValueError listing what the set lacks when it cannot serve this design.
     """
-    problems = check_set_for_design(design, units, images)
+    problems = check_set_for_design(design, units, images, fingerprints)
     if problems:
         raise ValueError("the stimulus set cannot serve this design:\n  - " + "\n  - ".join(problems))
     if counterbalance < 0:
@@ -236,10 +281,11 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
 
     # Triplets: the participant's window of the study order, randomly assigned to that group's trials.
     need = triplets_needed(design)
+    pairs = excluded_pairs(design, units, images, fingerprints)
     pools: dict[str, list] = {}
     for g in groups:
         ids = list(units.loc[units.group == g, "unit_id"])
-        window = participant_triplets(triplet_study_order(ids, d["seed"], g), counterbalance, need[g])
+        window = participant_triplets(triplet_study_order(ids, d["seed"], g, pairs[g]), counterbalance, need[g])
         pools[g] = [window[i] for i in rng.permutation(len(window))]
     assert all(sum(1 for t in plan if t[2] == g) == need[g] for g in groups)
 
@@ -268,6 +314,11 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
                 avail = sorted(fv)
                 picks = avail[:n] if d["fv_source"] == "first" else sorted(rng.choice(avail, size=n, replace=False).tolist())
                 cand_by_unit.append([fv[r] for r in picks])
+        if fingerprints is not None and d["shared_images"] == "exclude":
+            shown = {u: ref_rows[i] + cand_by_unit[i] for i, u in enumerate(row_units)}
+            problem = check_trial(shown, fingerprints, d["near_duplicate_bits"])
+            if problem:
+                raise ValueError(f"trial {idx}: {problem}")  # cannot happen after the triplet exclusion: a bug
         ref_rows = [tuple(row[i] for i in rng.permutation(n)) for row in ref_rows]
         cand_rows = [tuple(cand_by_unit[u][i] for i in rng.permutation(n)) for u in cand_perm]
         trials.append(TrialSpec(

@@ -27,7 +27,8 @@ from contracts.session import (
 )
 from contracts.stimulus_set import StimulusSet
 from experiment.config import Design, design_from_dict
-from experiment.design import TrialSpec, build_trials, derive_seed, score
+from experiment.design import TrialSpec, build_trials, derive_seed, required_images, score, shared_image_report
+from experiment.overlap import image_fingerprints, shown_natural_files
 
 # Keys added to the recorded design next to the config tables (not part of the TOML schema).
 DESIGN_EXTRA_KEYS = ("file", "counterbalance", "counterbalance_rule")
@@ -69,6 +70,15 @@ class SessionPlan:
     resumed: bool
 
 
+def set_fingerprints(design: Design, stimset: StimulusSet) -> dict | None:
+    """sha256 (manifest) and difference hash of every natural image the design can show, for the
+    shared-image rule (None when the design allows shared images)."""
+    if design["design"]["shared_images"] == "allow":
+        return None
+    files = list(shown_natural_files(stimset.images, required_images(design)[0]).file)
+    return image_fingerprints(stimset.root, stimset.manifest.get("files", {}), files)
+
+
 def recorded_design(design: Design, counterbalance: int, rule: str) -> dict:
     return {**design.raw, "file": design.path, "counterbalance": counterbalance, "counterbalance_rule": rule}
 
@@ -86,7 +96,8 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
         rule = "given with --counterbalance"
     if seed is None:
         seed = derive_seed(design.seed, experiment, participant, session)
-    trials = build_trials(design, stimset.units, stimset.images, counterbalance, seed)
+    fingerprints = set_fingerprints(design, stimset)
+    trials = build_trials(design, stimset.units, stimset.images, counterbalance, seed, fingerprints)
     info = {
         "experiment": experiment, "participant": participant, "session": session, "status": "running",
         "started": now_iso(), "ended": None,
@@ -98,6 +109,7 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
         "monitor": {k: design["monitor"][k] for k in ("name", "distance_cm", "width_cm", "resolution")},
         "software": software_versions(["psychopy", "pyglet"]),
         "n_trials_planned": len(trials), "n_trials_completed": 0, "frame_stats": {},
+        "shared_images": shared_image_report(design, stimset.units, stimset.images, fingerprints),
         "simulated": simulated,
         "runs": [],
     }
@@ -118,9 +130,13 @@ def resume_session(data_dir: Path, experiment: str, participant: str, session: i
                           f"(manifest sha256 {info['stimulus_set']['manifest_sha256'][:12]}...), not with "
                           f"{stimset.root} (manifest sha256 {stimset.manifest_sha256[:12]}...)")
     rec = info["design"]
-    design = design_from_dict({k: v for k, v in rec.items() if k not in DESIGN_EXTRA_KEYS}, f"{folder / SESSION_FILE} (design)")
+    config = {k: v for k, v in rec.items() if k not in DESIGN_EXTRA_KEYS}
+    if "shared_images" not in config.get("design", {}):  # recorded before the rule existed: it was not applied
+        config["design"] = {**config["design"], "shared_images": "allow"}
+    design = design_from_dict(config, f"{folder / SESSION_FILE} (design)")
     design = Design(path=rec.get("file", design.path), raw=design.raw)
-    trials = build_trials(design, stimset.units, stimset.images, int(rec["counterbalance"]), int(info["seed"]))
+    trials = build_trials(design, stimset.units, stimset.images, int(rec["counterbalance"]), int(info["seed"]),
+                          set_fingerprints(design, stimset))
     done = _saved_trials(folder)
     check_saved_against_plan(done, trials, folder / TRIALS_FILE)
     info["n_trials_completed"] = len(done)

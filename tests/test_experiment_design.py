@@ -399,7 +399,7 @@ def test_cli_check_only_and_export(fixture_set, tmp_path, capsys):
                "--check-only", "--export-conditions", str(out), "--no-dialog"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "22 trials (18 main, 2 practice, 2 catch), counterbalance 2" in text
+    assert "22 trials (18 main, 2 practice, 2 catch)" in text and "counterbalance 2" in text
     assert len(list(csv.DictReader(open(out)))) == 22 and not (tmp_path / "d").exists()
     rc = main(["--stimuli", str(fixture_set), "--design", "default", "--participant", "P2", "--check-only", "--no-dialog"])
     assert rc == 2 and "distinct triplets" in capsys.readouterr().err
@@ -504,3 +504,64 @@ def test_spare_images_are_never_shown(stimset):
     for t in build_trials(small, stimset.units, imgs, 0, 4):
         shown = {f for rows in (t.reference_files, t.candidate_files) for row in rows for f in row}
         assert not shown & spare_files
+
+
+@pytest.fixture(scope="module")
+def shared_set(tmp_path_factory):
+    """A 7-unit-per-group set in which early units A and B show the same photograph (B's natural_max_03 is
+    A's natural_max_00) and early units A and C show a near duplicate (C's rank 1 is A's rank 2, one pixel changed)."""
+    import shutil
+
+    from PIL import Image
+
+    from contracts.stimulus_set import write_stimulus_set
+    from stimset_fixture import make_fixture_set
+
+    base = tmp_path_factory.mktemp("shared")
+    root = make_fixture_set(base / "set", base / "coll", units_per_group=7, size=96)
+    s = load_stimulus_set(root)
+    a, b, c = sorted(s.units.loc[s.units.group == "early", "unit_id"])[:3]
+    shutil.copy(root / f"images/{a}/natural_max_00.png", root / f"images/{b}/natural_max_03.png")
+    im = Image.open(root / f"images/{a}/natural_max_02.png").convert("RGB")
+    im.putpixel((0, 0), (255, 0, 0))
+    im.save(root / f"images/{c}/natural_max_01.png")
+    write_stimulus_set(root, s.manifest, s.units, s.images)
+    return root, (a, b, c)
+
+
+def test_units_showing_the_same_photograph_never_share_a_trial(shared_set, tmp_path, capsys):
+    from experiment.cli import main
+    from experiment.overlap import check_trial, image_fingerprints
+
+    root, (a, b, c) = shared_set
+    s = load_stimulus_set(root)
+    design = load_design("demo")
+    fp = image_fingerprints(root, s.manifest["files"], list(s.images.loc[s.images.kind == "natural_max", "file"]))
+    seen_ab = seen_ac = 0
+    for k in range(12):  # many participants: every window of the study order
+        plan = new_session(tmp_path / "d", "demo", f"P{k}", 1, design, s, counterbalance=k)
+        for t in plan.trials:
+            rows = {u: [f for f in t.reference_files[i]] + list(t.candidate_files[t.candidate_units.index(i)])
+                    for i, u in enumerate(t.units)}
+            assert check_trial(rows, fp, 2) is None, (t.trial_index, rows)
+            seen_ab += {a, b} <= set(t.units)
+            seen_ac += {a, c} <= set(t.units)
+    assert seen_ab == seen_ac == 0
+    rep = plan.info["shared_images"]["early"]
+    assert rep["triplets"] == 35 and rep["excluded"] == 5 + 5 - 1  # triplets with A&B or A&C (A,B,C counted once)
+    assert sorted(tuple(p["units"]) for p in rep["pairs"]) == [(a, b), (a, c)]
+    assert plan.info["shared_images"]["middle"]["excluded"] == 0
+    # the plan printed by --check-only says it
+    assert main(["--stimuli", str(root), "--design", "demo", "--participant", "P1", "--check-only", "--no-dialog",
+                 "--data-dir", str(tmp_path / "d")]) == 0
+    assert "layer group early: 9 of 35 triplets left out" in capsys.readouterr().out
+
+
+def test_too_few_triplets_without_shared_images_is_refused_with_the_reason(shared_set):
+    root, (a, b, c) = shared_set
+    s = load_stimulus_set(root)
+    from experiment.storage import set_fingerprints
+
+    design = load_design("default")
+    problems = check_set_for_design(design, s.units, s.images, set_fingerprints(design, s))
+    assert any("early" in p and "26 distinct triplets" in p and "same or a near-duplicate photograph" in p for p in problems), problems
