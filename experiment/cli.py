@@ -11,7 +11,7 @@ EPILOG = """examples:
   # a participant in the lab (a dialog asks for participant id and session number)
   fvmatch-session --stimuli data/stimuli/study1 --design default --experiment study1
 
-  # the same without the dialog; units are spread over participants by the trailing number (P07 -> 7)
+  # the same without the dialog; each new participant gets the next free counterbalance index
   fvmatch-session --stimuli data/stimuli/study1 --experiment study1 --participant P07 --session 1 --no-dialog
 
   # continue an interrupted session after the last saved trial, in the same order
@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an existing session after its last saved trial (with the design, seed and "
                         "counterbalance index recorded in its session.json)")
     p.add_argument("--counterbalance", type=int, metavar="K",
-                   help="counterbalance index: which triplets of units this participant gets "
-                        "(default: the trailing number of the participant id)")
+                   help="counterbalance index: which triplets of units and which screen side this participant gets "
+                        "(default: design.counterbalance, the lowest index no participant of the experiment has)")
+    p.add_argument("--allow-duplicate-counterbalance", action="store_true",
+                   help="accept a --counterbalance index another participant of the experiment already has")
     p.add_argument("--seed", type=int, help="session seed (default: derived from design seed, experiment, participant, session)")
     p.add_argument("--simulate", metavar="POLICY", help="simulated participant: random, oracle or noisy:P (correct with probability P)")
     p.add_argument("--no-dialog", action="store_true", help="never open a dialog (fail instead of asking)")
@@ -67,14 +69,17 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
-def _ask_ids(experiment: str, participant: str | None, session: int | None) -> tuple[str, int] | None:
+def _ask_ids(experiment: str, participant: str | None, session: int | None,
+             fields: list[str] = ()) -> tuple[str, int, dict] | None:
+    """Participant id, session number and the design's optional participant fields (empty -> None)."""
     from psychopy import gui
 
-    info = {"participant": participant or "", "session": session if session is not None else 1}
-    dlg = gui.DlgFromDict(info, title=f"fvmatch: {experiment}", order=["participant", "session"])
+    info = {"participant": participant or "", "session": session if session is not None else 1, **{f: "" for f in fields}}
+    dlg = gui.DlgFromDict(info, title=f"fvmatch: {experiment}", order=["participant", "session", *fields])
     if not dlg.OK:
         return None
-    return str(info["participant"]).strip(), int(info["session"])
+    extra = {f: (str(info[f]).strip() or None) for f in fields}
+    return str(info["participant"]).strip(), int(info["session"]), extra
 
 
 def _ask_resume(err) -> bool:
@@ -108,13 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
 
     participant, session = args.participant, args.session
+    fields = design["participant"]["fields"]
+    participant_info = {f: None for f in fields}  # not asked (no dialog): unknown
     if participant is None:
         if args.no_dialog or policy:
             return _fail("--participant is required with --no-dialog or --simulate")
-        asked = _ask_ids(experiment, participant, session)
+        asked = _ask_ids(experiment, participant, session, fields)
         if asked is None:
             return _fail("cancelled in the dialog", 2)
-        participant, session = asked
+        participant, session, participant_info = asked
     session = 1 if session is None else session
     try:
         validate_id(participant)
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 plan = new_session(data_dir, experiment, participant, session, design, stimset, args.counterbalance,
-                                   args.seed, policy)
+                                   args.seed, policy, allow_duplicate_counterbalance=args.allow_duplicate_counterbalance,
+                                   participant_info=participant_info)
             except SessionExists as e:
                 if args.no_dialog or policy or not _ask_resume(e):
                     return _fail(str(e))
@@ -159,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     n_main = sum(not t.is_practice and not t.is_catch for t in plan.trials)
     info = plan.info
     print(f"plan for experiment {info['experiment']!r}, participant {info['participant']!r}, session {info['session']}: "
-          f"seed {info['seed']}, counterbalance {info['design']['counterbalance']} ({info['design']['counterbalance_rule']})")
+          f"seed {info['seed']}, counterbalance {info['design']['counterbalance']} ({info['design']['counterbalance_rule']}), "
+          f"reference rows on the {info['design'].get('reference_side', 'left')}")
     for g, r in (info.get("shared_images") or {}).items():
         if r["excluded"]:
             print(f"  layer group {g}: {r['excluded']} of {r['triplets']} triplets left out because two of their units "

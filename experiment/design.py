@@ -8,10 +8,11 @@ Rules (each documented where it is implemented):
   ``catch.per_block`` catch trials go to random positions inside each block. Practice is block 0.
 * **Units.** Per layer group, all triplets of its units are put in one *study order* that depends
   only on ``design.seed`` (shared by all participants) and keeps unit use even along the order.
-  Participant ``K`` (counterbalance index) takes the next ``t`` triplets after participant
-  ``K-1`` (cyclically; ``t`` = that group's trials per participant), so units and triplets are
-  spread evenly over participants, and a triplet is used at most ``design.max_triplet_uses``
-  times per participant (1 by default: never repeats).
+  Participant ``K`` (counterbalance index) takes ``t`` consecutive triplets (cyclically; ``t`` =
+  that group's trials per participant) from a start that rotates over
+  ``design.participants_planned`` participants (``participant_triplets``), so over the planned
+  participants every triplet is used equally often (within one), and a triplet is used at most
+  ``design.max_triplet_uses`` times per participant (1 by default: never repeats).
 * **Rows.** The three units go to reference rows in random order; candidate rows are a random
   permutation ``candidate_units`` (candidate row j shows unit ``candidate_units[j]``).
 * **Exemplar ranks (ABBA split).** For n images per side, the 2n most activating natural images
@@ -216,9 +217,33 @@ def triplet_study_order(unit_ids: list[str], seed: int, group: str,
     return order
 
 
-def participant_triplets(order: list[tuple[str, str, str]], counterbalance: int, t: int) -> list[tuple[str, str, str]]:
-    """Participant K's t triplets: positions K*t .. K*t+t-1 of the study order, cyclically."""
-    start = counterbalance * t
+def rotation_slots(planned: int) -> list[int]:
+    """The slots 0..planned-1 in the order participants take them: each next slot is the free one
+    farthest (cyclically) from all taken ones (ties: the lowest), so any first few participants are
+    spread over the whole study order, and ``planned`` participants take every slot once."""
+    slots, free = [0], set(range(1, planned))
+    while free:
+        def gap(j: int) -> int:
+            return min(min((j - s) % planned, (s - j) % planned) for s in slots)
+        j = max(sorted(free), key=gap)
+        slots.append(j)
+        free.remove(j)
+    return slots[:planned]
+
+
+def participant_triplets(order: list[tuple[str, str, str]], counterbalance: int, t: int,
+                         planned: int = 0) -> list[tuple[str, str, str]]:
+    """Participant K's t triplets: t consecutive positions of the study order (cyclically) from a start
+    that rotates over ``planned`` participants (a Latin-square-like rotation): participant K takes slot
+    ``rotation_slots(planned)[K mod planned]`` and starts at ``slot * len(order) // planned``, so the
+    planned participants' windows are spread evenly over the order (every triplet used about
+    ``planned * t / len(order)`` times, within one) and the first few participants overlap least.
+    ``planned = 0``: start ``K * t`` (consecutive windows; sessions recorded before
+    ``design.participants_planned`` existed)."""
+    if planned:
+        start = rotation_slots(planned)[counterbalance % planned] * len(order) // planned
+    else:
+        start = counterbalance * t
     return [order[(start + i) % len(order)] for i in range(t)]
 
 
@@ -285,7 +310,8 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
     pools: dict[str, list] = {}
     for g in groups:
         ids = list(units.loc[units.group == g, "unit_id"])
-        window = participant_triplets(triplet_study_order(ids, d["seed"], g, pairs[g]), counterbalance, need[g])
+        window = participant_triplets(triplet_study_order(ids, d["seed"], g, pairs[g]), counterbalance, need[g],
+                                      d["participants_planned"])
         pools[g] = [window[i] for i in rng.permutation(len(window))]
     assert all(sum(1 for t in plan if t[2] == g) == need[g] for g in groups)
 

@@ -15,6 +15,8 @@ PsychoPy is imported inside the functions (``monitors`` needs no display, ``visu
 
 from __future__ import annotations
 
+import json
+
 REFRESH_TOLERANCE = 0.05  # relative difference between measured and expected refresh rate that is warned about
 _MATCH_TOLERANCE = 0.005  # relative difference between a saved calibration and the design's monitor values
 
@@ -100,3 +102,26 @@ def measure_refresh(win, expected_hz: float, attempt: bool, why_not: str = "") -
     win.monitorFramePeriod = period
     win.refreshThreshold = 1.2 * period  # PsychoPy's own rule: an interval over 1.2 frame periods is a drop
     return rec, warning
+
+
+def runtime_info(win) -> dict:
+    """PsychoPy's ``RunTimeInfo`` for the open window (graphics driver and OpenGL version, window and
+    monitor settings, system, Python), as JSON-able scalars, plus the window's gamma. No refresh test
+    here: ``measure_refresh`` does that against the design's rate."""
+    from psychopy import info
+
+    rti = info.RunTimeInfo(win=win, refreshTest=None, verbose=True, userProcsDetailed=False)
+    out: dict = {}
+    for key in rti:
+        if key.startswith("systemUserProc") or key in ("psychopyGitHead", "systemRavailable"):
+            continue  # other people's processes; unrelated software
+        v = rti[key]
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        if isinstance(v, (list, tuple)):
+            v = [x.item() if hasattr(x, "item") else x for x in v]
+        out[key] = v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v)[:500]
+    gamma = getattr(win, "gamma", None)
+    out["windowGamma"] = (gamma.tolist() if hasattr(gamma, "tolist") else gamma)
+    out["windowUseNativeGamma"] = bool(getattr(win, "useNativeGamma", False))
+    return json.loads(json.dumps(out, default=str))  # anything numpy left over becomes text

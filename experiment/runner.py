@@ -23,7 +23,7 @@ from experiment.clicks import ClickBuffer
 from experiment.design import TrialSpec, score
 from experiment.layout import MIN_TEXT_SCALE, fitted_text_height, message_button_y, screen_size_deg, trial_layout
 from experiment.matching import PairingState
-from experiment.monitor import measure_refresh, open_monitor
+from experiment.monitor import measure_refresh, open_monitor, runtime_info
 from experiment.simulate import SimulatedParticipant
 from experiment.storage import SessionPlan, save_info, trial_row
 
@@ -33,18 +33,24 @@ HANDLER_FIELDS = ("experiment", "participant", "session", "trial_index", "block"
                   "assignment", "correct_0", "correct_1", "correct_2", "n_correct", "trial_correct",
                   "rt_first_click", "rt_confirm", "paused_s", "frames", "frames_dropped", "onset")
 
-INSTRUCTIONS = (
-    "Welcome, and thank you for taking part.\n\n"
-    "On each screen you see three rows of images on the LEFT. Each row shows what one unit of an "
-    "artificial neural network responds to most strongly.\n\n"
-    "On the RIGHT are three more rows, one for each of the same three units, in shuffled order. "
-    "They show either other photographs or synthetic images made to excite the unit.\n\n"
-    "Your task: pair every row on the right with the row on the left that shows the same unit. "
-    "Click a row on the right, then the row on the left that belongs to it. Matching colours and a line "
-    "show each pair; click again to change a pair. When all three rows are paired, click Confirm.\n\n"
-    "Take the time you need; accuracy matters more than speed. You can end the session at any time "
-    "with the Escape key."
-)
+def instructions(reference_side: str = "left") -> str:
+    """The instruction text for reference rows on ``reference_side`` (candidate rows on the other)."""
+    ref, cand = ("LEFT", "RIGHT") if reference_side == "left" else ("RIGHT", "LEFT")
+    return (
+        "Welcome, and thank you for taking part.\n\n"
+        f"On each screen you see three rows of images on the {ref}. Each row shows what one unit of an "
+        "artificial neural network responds to most strongly.\n\n"
+        f"On the {cand} are three more rows, one for each of the same three units, in shuffled order. "
+        "They show either other photographs or synthetic images made to excite the unit.\n\n"
+        f"Your task: pair every row on the {cand.lower()} with the row on the {ref.lower()} that shows the same unit. "
+        f"Click a row on the {cand.lower()}, then the row on the {ref.lower()} that belongs to it. Matching colours "
+        "and a line show each pair; click again to change a pair. When all three rows are paired, click Confirm.\n\n"
+        "Take the time you need; accuracy matters more than speed. You can end the session at any time "
+        "with the Escape key."
+    )
+
+
+INSTRUCTIONS = instructions("left")
 
 
 RIGHT_RGB = [-0.6, 0.6, -0.6]
@@ -110,9 +116,11 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
     run_record["refresh"] = refresh
     run_record["frame_period_ms"] = refresh["frame_period_ms"]  # the period dropped frames are judged against
     run_record["refresh_measured"] = refresh["measured_hz"] is not None
+    run_record["runtime_info"] = runtime_info(win)
     exp = data.ExperimentHandler(name=experiment, dataFileName=str(psydir / stem), savePickle=False, saveWideText=False, autoLog=False)
     log = TrialLog(plan.folder / TRIALS_FILE)
-    ui = _UI(win, mon, disp, sim, screenshot_dir, sim_escape_after)
+    ui = _UI(win, mon, disp, sim, screenshot_dir, sim_escape_after,
+             reference_side=plan.info["design"].get("reference_side", "left"))
     ui.sim_hang_after = sim_hang_after
     status = "running"
     totals = {"trials": 0, "frames": 0, "frames_dropped": 0, "intervals": 0, "intervals_ms_sum": 0.0}  # this run
@@ -120,6 +128,8 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
         status = _run_trials(plan, stimset, ui, log, exp, psydir / f"{stem}.csv", totals, max_trials)
     except SessionAborted:
         status = "aborted"
+        if ui.aborted_trial is not None:
+            run_record["aborted_trial"] = ui.aborted_trial  # the clicks of the trial that Escape ended
     finally:
         log.close()
         if exp.entries:
@@ -159,13 +169,14 @@ def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: "_UI", log: TrialLo
     n_total = len(trials)
     n_blocks = max(t.block for t in trials)
     if plan.start_index == 0:
-        ui.message(INSTRUCTIONS, button="Start", screenshot="instructions")
+        ui.message(instructions(ui.reference_side), button="Start", screenshot="instructions")
         if trials and trials[0].is_practice:
             ui.message(f"First, {sum(t.is_practice for t in trials)} practice trials. After each one you see which "
                        "pairs were right (green) and which were wrong (red).", button="Start practice")
     else:
         ui.message(f"Welcome back. The session continues with trial {plan.start_index + 1} of {n_total}.\n\n"
-                   "Reminder: click a row on the right, then the row on the left that shows the same unit; "
+                   f"Reminder: click a row on the {ui.candidate_side}, then the row on the {ui.reference_side} that shows "
+                   "the same unit; "
                    "click Confirm when all three rows are paired.", button="Continue")
     prev_block = trials[plan.start_index - 1].block if plan.start_index > 0 else None
     done_this_run = 0
@@ -177,9 +188,12 @@ def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: "_UI", log: TrialLo
                 ui.message("Practice is over; there is no more feedback from now on.\n\n"
                            f"The experiment has {n_blocks} blocks with a break after each.", button="Start")
             else:
-                ui.message(f"Block {prev_block} of {n_blocks} done: {t.trial_index} of {n_total} trials finished.\n\n"
-                           "Take a short break. Continue when you are ready.", button="Continue",
-                           min_s=plan.design["timing"]["min_break_s"], screenshot="break")
+                started = now_iso()
+                took = ui.message(f"Block {prev_block} of {n_blocks} done: {t.trial_index} of {n_total} trials finished.\n\n"
+                                  "Take a short break. Continue when you are ready.", button="Continue",
+                                  min_s=plan.design["timing"]["min_break_s"], screenshot="break")
+                plan.info.setdefault("breaks", []).append({"after_block": prev_block, "before_trial": t.trial_index,
+                                                           "started": started, "duration_s": round(took, 3)})
         prev_block = t.block
         row = ui.run_trial(t, stimset, plan, progress=f"Trial {t.trial_index + 1} of {n_total}")
         row["_n_intervals"] = ui.last_n_intervals
@@ -218,10 +232,12 @@ class _UI:
     """Drawing and input for one window."""
 
     def __init__(self, win, mon, disp: dict, sim: SimulatedParticipant | None, screenshot_dir: Path | None,
-                 sim_escape_after: int | None):
+                 sim_escape_after: int | None, reference_side: str = "left"):
         from psychopy import event, visual
 
         self.visual, self.event = visual, event
+        self.reference_side = reference_side
+        self.candidate_side = "right" if reference_side == "left" else "left"
         self.win, self.mon, self.disp, self.sim = win, mon, disp, sim
         self.screenshot_dir = Path(screenshot_dir) if screenshot_dir else None
         self.shots_taken: set[str] = set()
@@ -232,6 +248,7 @@ class _UI:
         self.sim_idle = False  # a simulated participant that stopped clicking (tests)
         self.last_n_intervals = 0
         self.last_feedback_s: float | None = None  # how long the last practice feedback was up
+        self.aborted_trial: dict | None = None  # what was clicked in a trial that Escape ended
         self.paused_s = 0.0  # total time on the Escape confirmation screen this session
         self.mouse = event.Mouse(win=win, visible=True)
         self.clicks = ClickBuffer(win)  # every press in order (two presses within one frame are two clicks)
@@ -360,7 +377,7 @@ class _UI:
                                 pos=(x, y), fillColor=[-0.4, 0.1, -0.4], lineColor="white", lineWidth=2, autoLog=False)
         return rect, self.visual.TextStim(self.win, text=label, height=th, pos=(x, y), color="white", autoLog=False)
 
-    def message(self, text: str, button: str | None = "Continue", min_s: float = 0.0, screenshot: str | None = None) -> None:
+    def message(self, text: str, button: str | None = "Continue", min_s: float = 0.0, screenshot: str | None = None) -> float:
         """A text screen; continues on a click on the button (or Space) once ``min_s`` has passed. Text that
         does not fit above the button is made smaller (or refused, see ``fit_text``)."""
         top = self.h_deg / 2 - 2 * self.text_h
@@ -373,7 +390,7 @@ class _UI:
             bottom = btn[0].pos[1] + btn[0].height / 2 + self.text_h
         self.fit_text(body, top - bottom, f"screen '{text.splitlines()[0][:40]}...'")
         self.win.logOnFlip(f"screen shown: {text.splitlines()[0][:60]}", level=22)  # 22 = logging.EXP
-        self._wait_for_button(body.draw, btn, min_s, screenshot)
+        return self._wait_for_button(body.draw, btn, min_s, screenshot)
 
     def _wait_for_button(self, draw, btn, min_s: float, screenshot: str | None) -> float:
         """Draw a screen until its button (rect, label) is clicked, or Space is pressed, once ``min_s`` has
@@ -419,7 +436,7 @@ class _UI:
         if n in self._chrome_cache:
             return self._chrome_cache[n]
         visual, win, th = self.visual, self.win, self.text_h
-        lay = trial_layout(n, self.disp)
+        lay = trial_layout(n, self.disp, self.reference_side)
         grey = [0.3, 0.3, 0.3]
         c = lay.confirm
         ref0, cand0 = lay.rows["reference"][0], lay.rows["candidate"][0]
@@ -433,13 +450,15 @@ class _UI:
             "dots": {side: [visual.Circle(win, radius=0.35 * th, edges=24, fillColor="white", lineColor=None, autoLog=False)
                             for _ in range(3)] for side in ("reference", "candidate")},
             "texts": [
-                visual.TextStim(win, text="Click a row on the right, then the row on the left that shows the same unit.",
+                visual.TextStim(win, text=f"Click a row on the {self.candidate_side}, then the row on the "
+                                f"{self.reference_side} that shows the same unit.",
                                 height=th, pos=(0, lay.title_y), color="white", wrapWidth=0.95 * self.w_deg, autoLog=False),
                 # labels grow outwards from the middle gap, so they never meet even for n = 1
-                visual.TextStim(win, text="reference rows", height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
-                                pos=(ref0.right, ref0.y + ref0.h / 2 + 0.6 * th), anchorHoriz="right", alignText="right"),
-                visual.TextStim(win, text="rows to match", height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
-                                pos=(cand0.left, cand0.y + cand0.h / 2 + 0.6 * th), anchorHoriz="left", alignText="left"),
+                *[visual.TextStim(win, text=label, height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
+                                  pos=(lay.inner_x(side, 0), r0.y + r0.h / 2 + 0.6 * th),
+                                  anchorHoriz="right" if lay.on_left(side) else "left",
+                                  alignText="right" if lay.on_left(side) else "left")
+                  for side, label, r0 in (("reference", "reference rows", ref0), ("candidate", "rows to match", cand0))],
             ],
             "confirm": visual.Rect(win, width=c.w, height=c.h, pos=(c.x, c.y), fillColor=[-0.4, 0.1, -0.4],
                                    lineColor="white", lineWidth=2, autoLog=False),
@@ -495,45 +514,14 @@ class _UI:
         win.callOnFlip(self._reset_clicks)
         win.callOnFlip(onset.update, iso=now_iso())
         win.logOnFlip(f"trial {t.trial_index} onset ({t.trial_type}, {t.layer_group}, n={t.n_images})", level=22)  # logging.EXP
-        n_flips = 0
-        btn, btn_text = ch["confirm"], ch["confirm_text"]
-        while True:
-            self._check_escape()
-            if n_flips == 0:  # a pause before onset is not part of the response time
-                paused_at_onset = self.paused_s
-            for s in statics:
-                s.draw()
-            self._draw_pairs(state, ch)
-            btn.opacity = 1.0 if state.complete else 0.3
-            btn_text.opacity = 1.0 if state.complete else 0.4
-            btn.draw()
-            btn_text.draw()
-            if state.complete:
-                self._shot(f"trial_{'catch' if t.is_catch else t.trial_type}")
-            if sim_plan and n_flips > 0:  # one simulated click per frame, after onset
-                kind, row = sim_plan.pop(0)
-                target = lay.confirm if kind == "confirm" else lay.rows[kind][row]
-                self.sim_click(target.x, target.y)
-            win.flip()
-            n_flips += 1
-            if n_flips == 1:
-                self._flush_log()  # the onset line reaches the log file now, not at exit
-            confirmed = False
-            while not confirmed and (click := self._new_click()) is not None:  # every press since the last flip
-                hit = lay.hit(*click[1])
-                if hit is None:
-                    continue
-                kind, row = hit
-                t_click = round(click[0] - (self.paused_s - paused_at_onset), 4)  # time on the screen, pauses excluded
-                if kind == "confirm":
-                    if state.complete:
-                        clicks.append([t_click, "confirm", None])
-                        confirmed = True
-                    continue
-                clicks.append([t_click, kind, row])
-                state.click(kind, row)
-            if confirmed:
-                break
+        try:
+            self._trial_loop(t, state, clicks, statics, ch, sim_plan)
+        except SessionAborted:
+            win.recordFrameIntervals = False
+            self.aborted_trial = {"trial_index": t.trial_index, "onset": onset.get("iso"), "clicks": clicks,
+                                  "paused_s": round(self.paused_s - self._paused_at_onset, 4)}
+            raise
+        n_flips, paused_at_onset = self._n_flips, self._paused_at_onset
         win.recordFrameIntervals = False
         intervals = [1000 * x for x in win.frameIntervals]
         self.last_n_intervals = len(intervals)
@@ -546,6 +534,51 @@ class _UI:
         if t.is_practice:
             self._feedback(t, state, statics, ch, plan)
         return row
+
+    def _trial_loop(self, t: TrialSpec, state: PairingState, clicks: list, statics, ch: dict, sim_plan) -> None:
+        """Draw the trial and read clicks until Confirm is clicked with all rows paired. Sets ``_n_flips``
+        (frames of the trial) and ``_paused_at_onset`` as it goes, so an Escape mid-trial leaves them right."""
+        win, lay = self.win, ch["layout"]
+        btn, btn_text = ch["confirm"], ch["confirm_text"]
+        self._n_flips = 0
+        self._paused_at_onset = self.paused_s
+        while True:
+            self._check_escape()
+            if self._n_flips == 0:  # a pause before onset is not part of the response time
+                self._paused_at_onset = self.paused_s
+            for s in statics:
+                s.draw()
+            self._draw_pairs(state, ch)
+            btn.opacity = 1.0 if state.complete else 0.3
+            btn_text.opacity = 1.0 if state.complete else 0.4
+            btn.draw()
+            btn_text.draw()
+            if state.complete:
+                self._shot(f"trial_{'catch' if t.is_catch else t.trial_type}")
+            if sim_plan and self._n_flips > 0:  # one simulated click per frame, after onset
+                kind, row = sim_plan.pop(0)
+                target = lay.confirm if kind == "confirm" else lay.rows[kind][row]
+                self.sim_click(target.x, target.y)
+            win.flip()
+            self._n_flips += 1
+            if self._n_flips == 1:
+                self._flush_log()  # the onset line reaches the log file now, not at exit
+            confirmed = False
+            while not confirmed and (click := self._new_click()) is not None:  # every press since the last flip
+                hit = lay.hit(*click[1])
+                if hit is None:
+                    continue
+                kind, row = hit
+                t_click = round(click[0] - (self.paused_s - self._paused_at_onset), 4)  # time on the screen, pauses excluded
+                if kind == "confirm":
+                    if state.complete:
+                        clicks.append([t_click, "confirm", None])
+                        confirmed = True
+                    continue
+                clicks.append([t_click, kind, row])
+                state.click(kind, row)
+            if confirmed:
+                break
 
     def disp_iti(self, plan: SessionPlan) -> float:
         return plan.design["timing"]["iti_s"] * self.time_scale
@@ -561,12 +594,13 @@ class _UI:
             for side, r in (("reference", ref), ("candidate", cand)):
                 frames[side][r].lineColor, frames[side][r].lineWidth = color, 6
             a, b = lay.rows["reference"][ref], lay.rows["candidate"][cand]
-            lines[ref].start, lines[ref].end = (a.right, a.y), (b.left, b.y)
+            ax, bx = lay.inner_x("reference", ref), lay.inner_x("candidate", cand)
+            lines[ref].start, lines[ref].end = (ax, a.y), (bx, b.y)
             lines[ref].lineColor = color
             lines[ref].draw()
-            for side, rect in (("reference", a), ("candidate", b)):
+            for side, x, rect in (("reference", ax, a), ("candidate", bx, b)):
                 d = dots[side][ref]
-                d.pos = (rect.right if side == "reference" else rect.left, rect.y)
+                d.pos = (x, rect.y)
                 d.fillColor = color
                 d.draw()
         if state.selected is not None:
@@ -589,7 +623,7 @@ class _UI:
             if not verdict[i]:
                 a, b = lay.rows["reference"][i], lay.rows["candidate"][cand]
                 ln = ch["answer_lines"][i]
-                ln.start, ln.end = (a.right, a.y + 0.3), (b.left, b.y + 0.3)
+                ln.start, ln.end = (lay.inner_x("reference", i), a.y + 0.3), (lay.inner_x("candidate", cand), b.y + 0.3)
                 answer.append(ln)
         c = lay.confirm
         btn = self._button("Continue", c.x, c.y, c.w, c.h)  # where Confirm was: the same click moves on

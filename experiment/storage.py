@@ -19,6 +19,7 @@ from contracts.session import (
     SESSION_FILE,
     TRIALS_FILE,
     design_sha256,
+    display_sha256,
     now_iso,
     read_session_info,
     read_trials,
@@ -31,7 +32,12 @@ from experiment.design import TrialSpec, build_trials, derive_seed, required_ima
 from experiment.overlap import image_fingerprints, shown_natural_files
 
 # Keys added to the recorded design next to the config tables (not part of the TOML schema).
-DESIGN_EXTRA_KEYS = ("file", "counterbalance", "counterbalance_rule")
+DESIGN_EXTRA_KEYS = ("file", "counterbalance", "counterbalance_rule", "reference_side")
+# Design keys added after sessions were first recorded, with the behaviour those sessions had: a
+# resumed old session regenerates exactly the trial list it started with.
+_OLD_SESSION_DEFAULTS = {"design": {"shared_images": "allow", "participants_planned": 0, "counterbalance": "participant_number"},
+                         "participant": {"fields": []},
+                         "display": {"reference_side": "left"}}
 
 
 class SessionExists(RuntimeError):
@@ -47,6 +53,10 @@ class ResumeError(RuntimeError):
     pass
 
 
+class CounterbalanceTaken(ValueError):
+    """Another participant of the experiment already has this counterbalance index."""
+
+
 def counterbalance_from_id(participant: str) -> tuple[int, str]:
     """Default counterbalance index: the number at the end of the id (P07 -> 7, sim01 -> 1).
 
@@ -58,6 +68,56 @@ def counterbalance_from_id(participant: str) -> tuple[int, str]:
     if m:
         return int(m.group(1)), "trailing number of the participant id"
     return derive_seed("counterbalance", participant) % 1000, "sha256 of the participant id (id has no trailing number)"
+
+
+def used_counterbalance(data_dir: Path, experiment: str) -> dict[int, set[str]]:
+    """Counterbalance index -> participants that have a session of ``experiment`` with it (from their
+    session.json; unreadable ones are skipped: they cannot be resumed either)."""
+    used: dict[int, set[str]] = {}
+    for f in sorted((Path(data_dir) / experiment).glob("sub-*_ses-*/" + SESSION_FILE)):
+        info = _try_read_info(f.parent)
+        if info and isinstance(info.get("design", {}).get("counterbalance"), int):
+            used.setdefault(info["design"]["counterbalance"], set()).add(info["participant"])
+    return used
+
+
+def assign_counterbalance(data_dir: Path, experiment: str, participant: str, design: Design, given: int | None = None,
+                          allow_duplicate: bool = False) -> tuple[int, str]:
+    """The participant's counterbalance index and the rule that chose it (recorded in session.json).
+
+    ``given`` (--counterbalance) is refused when another participant of the experiment has it, unless
+    ``allow_duplicate``. Otherwise ``design.counterbalance``: ``next_free`` gives the participant's
+    own earlier index, else the lowest index no participant has (within ``participants_planned``
+    when set; past it, the least used one); ``participant_number`` the id's trailing number.
+    """
+    used = used_counterbalance(data_dir, experiment)
+    if given is not None:
+        others = sorted(used.get(given, set()) - {participant})
+        if others and not allow_duplicate:
+            raise CounterbalanceTaken(
+                f"counterbalance index {given} is already used by participant(s) {', '.join(others)} of experiment "
+                f"{experiment!r} in {data_dir}: they would see the same units and triplets. Leave --counterbalance out "
+                f"to get the next free index, or pass --allow-duplicate-counterbalance if this is intended")
+        return given, "given with --counterbalance" + (" (duplicate allowed)" if others else "")
+    d = design["design"]
+    if d["counterbalance"] == "participant_number":
+        return counterbalance_from_id(participant)
+    mine = sorted(k for k, ps in used.items() if participant in ps)
+    if mine:
+        return mine[0], "the participant's earlier session"
+    planned = d["participants_planned"]
+    limit = planned or (max(used, default=-1) + 2)
+    free = [k for k in range(limit) if k not in used]
+    if free:
+        return free[0], f"lowest index no participant of the experiment has (data folder {Path(data_dir) / experiment})"
+    k = min(range(planned), key=lambda i: (len(used.get(i, ())), i))
+    return k, f"all {planned} planned indices in use: the least used one"
+
+
+def reference_side(design: Design, counterbalance: int) -> str:
+    """Which side the reference rows are on for this participant (``display.reference_side``)."""
+    side = design["display"]["reference_side"]
+    return side if side != "counterbalanced" else ("left" if counterbalance % 2 == 0 else "right")
 
 
 @dataclass
@@ -80,31 +140,36 @@ def set_fingerprints(design: Design, stimset: StimulusSet) -> dict | None:
 
 
 def recorded_design(design: Design, counterbalance: int, rule: str) -> dict:
-    return {**design.raw, "file": design.path, "counterbalance": counterbalance, "counterbalance_rule": rule}
+    return {**design.raw, "file": design.path, "counterbalance": counterbalance, "counterbalance_rule": rule,
+            "reference_side": reference_side(design, counterbalance)}
 
 
 def new_session(data_dir: Path, experiment: str, participant: str, session: int, design: Design, stimset: StimulusSet,
-                counterbalance: int | None = None, seed: int | None = None, simulated: str | None = None) -> SessionPlan:
-    """Plan a new session; refuses (SessionExists) when the folder holds anything."""
+                counterbalance: int | None = None, seed: int | None = None, simulated: str | None = None,
+                allow_duplicate_counterbalance: bool = False, participant_info: dict | None = None) -> SessionPlan:
+    """Plan a new session; refuses (SessionExists) when the folder holds anything, and (CounterbalanceTaken)
+    a given counterbalance index another participant has (see ``assign_counterbalance``)."""
     folder = session_dir(data_dir, experiment, participant, session)
     if folder.exists() and any(folder.iterdir()):
         info = _try_read_info(folder)
         raise SessionExists(folder, _n_saved(folder), info["status"] if info else "unreadable session.json")
-    if counterbalance is None:
-        counterbalance, rule = counterbalance_from_id(participant)
-    else:
-        rule = "given with --counterbalance"
+    counterbalance, rule = assign_counterbalance(data_dir, experiment, participant, design, counterbalance,
+                                                 allow_duplicate_counterbalance)
     if seed is None:
         seed = derive_seed(design.seed, experiment, participant, session)
     fingerprints = set_fingerprints(design, stimset)
     trials = build_trials(design, stimset.units, stimset.images, counterbalance, seed, fingerprints)
     info = {
-        "experiment": experiment, "participant": participant, "session": session, "status": "running",
+        "experiment": experiment, "participant": participant, "session": session,
+        "participant_info": participant_info if participant_info is not None else
+        {f: None for f in design["participant"]["fields"]},
+        "status": "running",
         "started": now_iso(), "ended": None,
         "stimulus_set": {"set_id": stimset.set_id, "path": str(stimset.root.resolve()),
                          "manifest_sha256": stimset.manifest_sha256, "random_weights": stimset.random_weights},
         "design": recorded_design(design, counterbalance, rule),
         "design_sha256": design_sha256(design.raw),
+        "display_sha256": display_sha256(design.raw),
         "seed": seed,
         "monitor": {k: design["monitor"][k] for k in ("name", "distance_cm", "width_cm", "resolution")},
         "software": software_versions(["psychopy", "pyglet"]),
@@ -131,8 +196,8 @@ def resume_session(data_dir: Path, experiment: str, participant: str, session: i
                           f"{stimset.root} (manifest sha256 {stimset.manifest_sha256[:12]}...)")
     rec = info["design"]
     config = {k: v for k, v in rec.items() if k not in DESIGN_EXTRA_KEYS}
-    if "shared_images" not in config.get("design", {}):  # recorded before the rule existed: it was not applied
-        config["design"] = {**config["design"], "shared_images": "allow"}
+    for table, keys in _OLD_SESSION_DEFAULTS.items():  # recorded before these keys existed: what was done then
+        config[table] = {**{k: v for k, v in keys.items() if k not in config.get(table, {})}, **config.get(table, {})}
     design = design_from_dict(config, f"{folder / SESSION_FILE} (design)")
     design = Design(path=rec.get("file", design.path), raw=design.raw)
     trials = build_trials(design, stimset.units, stimset.images, int(rec["counterbalance"]), int(info["seed"]),

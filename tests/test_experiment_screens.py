@@ -286,3 +286,21 @@ def test_refresh_rate_record_says_what_was_measured(fps, status, warns, period):
     assert win.refreshThreshold == pytest.approx(1.2 * period / 1000, rel=1e-3)
     rec, warning = measure_refresh(_FakeWin(60.0), 60.0, attempt=False, why_not="--no-timing-check")
     assert rec["status"] == "not measured" and rec["measured_hz"] is None and warning is None
+
+
+def test_escape_mid_trial_keeps_the_clicks_made_so_far(screen):
+    ui, plan, stimset, script, flips = screen
+    from experiment.layout import trial_layout
+    from experiment.runner import SessionAborted
+
+    t = next(x for x in plan.trials if not x.is_practice)
+    lay = trial_layout(t.n_images, plan.design["display"])
+    (a, b), _, _ = _answer_clicks(t)
+    script[3] = [_click_row(ui, lay, *a)]
+    script[4] = [_click_row(ui, lay, *b)]
+    script[6] = [lambda: ui._pending_keys.extend(["escape", "y"])]
+    with pytest.raises(SessionAborted):
+        ui.run_trial(t, stimset, plan, progress="x")
+    rec = ui.aborted_trial
+    assert rec["trial_index"] == t.trial_index and rec["onset"]
+    assert [c[1:] for c in rec["clicks"]] == [list(a), list(b)]
