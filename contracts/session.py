@@ -30,7 +30,7 @@ SCHEMA = "fvmatch.session"
 SCHEMA_VERSION = "1.3"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3: see OPTIONAL_FIELDS_1_3
 # Fields session.json gained in 1.3 (all optional: files written before lack them and still read).
 # design_sha256 leaves out [monitor] since 1.3 (display_sha256 holds the screen's fingerprint).
-OPTIONAL_FIELDS_1_3 = ("display_sha256", "participant_info", "shared_images", "breaks")
+OPTIONAL_FIELDS_1_3 = ("display_sha256", "participant_info", "shared_images", "repetition", "breaks")
 SESSION_FILE = "session.json"
 TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"

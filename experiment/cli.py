@@ -173,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         if r["excluded"]:
             print(f"  layer group {g}: {r['excluded']} of {r['triplets']} triplets left out because two of their units "
                   f"show the same or a near-duplicate photograph ({len(r['pairs'])} unit pair(s))")
+    rep = info.get("repetition")
+    if rep:
+        print(f"  repetition: an image is shown up to {rep['max_shows']} times ({rep['images_shown_more_than_once']} of "
+              f"{rep['images_shown']} images more than once); in {rep['memory_matchable']} of {rep['main_exemplar_trials']} "
+              f"main exemplar trials a row pair can be matched from memory of an earlier trial (in {rep['rows_seen_before']} both "
+              f"rows were shown before)")
     print(f"{plan.folder}: {len(plan.trials)} trials ({n_main} main, {sum(t.is_practice for t in plan.trials)} practice, "
           f"{sum(t.is_catch for t in plan.trials)} catch)" + (f", resuming at trial {plan.start_index + 1}" if plan.resumed else ""))
     if args.check_only:

@@ -404,3 +404,43 @@ def write_conditions_csv(trials: list[TrialSpec], path: os.PathLike | str, image
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Repetition within one session
+
+
+def repetition_report(trials: list[TrialSpec]) -> dict:
+    """How often the participant sees the same natural images (all trials, practice included).
+
+    ``max_shows``: the most times one image file is shown; ``images_shown_more_than_once`` of
+    ``images_shown``; ``memory_matchable``: main exemplar trials (of ``main_exemplar_trials``) in which
+    some unit's candidate row holds an image that an earlier trial showed for the same unit as an image
+    now on that unit's reference row (in one row, or on its two paired rows), so that pair of rows can
+    be matched from memory of the earlier trial rather than from what the images share;
+    ``rows_seen_before``: main exemplar trials in which both rows of some unit show exactly images
+    (as a set) that an earlier trial showed on one row.
+    """
+    shows: dict[str, int] = {}
+    together: set[frozenset] = set()
+    rows_seen: set[frozenset] = set()
+    matchable = repeated = n_ex = 0
+    for t in trials:
+        if t.trial_type == "exemplar" and not t.is_practice and not t.is_catch:
+            n_ex += 1
+            cands = [t.candidate_files[t.candidate_units.index(i)] for i in range(3)]
+            matchable += any(frozenset((a, b)) in together for i in range(3) for a in t.reference_files[i] for b in cands[i])
+            repeated += any(frozenset(t.reference_files[i]) in rows_seen and frozenset(cands[i]) in rows_seen for i in range(3))
+        rows_seen.update(frozenset(r) for r in t.reference_files)
+        if t.trial_type == "exemplar":
+            rows_seen.update(frozenset(r) for r in t.candidate_files)
+        for i in range(3):  # the images shown for unit i (both sides; natural images only)
+            shown = list(t.reference_files[i])
+            if t.trial_type == "exemplar" and not t.is_catch:
+                shown += list(t.candidate_files[t.candidate_units.index(i)])
+            for f in shown:
+                shows[f] = shows.get(f, 0) + 1
+            together.update(frozenset(p) for p in itertools.combinations(set(shown), 2))
+    return {"max_shows": max(shows.values(), default=0), "images_shown": len(shows),
+            "images_shown_more_than_once": sum(v > 1 for v in shows.values()),
+            "memory_matchable": matchable, "rows_seen_before": repeated, "main_exemplar_trials": n_ex}

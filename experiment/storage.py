@@ -28,7 +28,15 @@ from contracts.session import (
 )
 from contracts.stimulus_set import StimulusSet
 from experiment.config import Design, design_from_dict
-from experiment.design import TrialSpec, build_trials, derive_seed, required_images, score, shared_image_report
+from experiment.design import (
+    TrialSpec,
+    build_trials,
+    derive_seed,
+    repetition_report,
+    required_images,
+    score,
+    shared_image_report,
+)
 from experiment.overlap import image_fingerprints, shown_natural_files
 
 # Keys added to the recorded design next to the config tables (not part of the TOML schema).
@@ -175,6 +183,7 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
         "software": software_versions(["psychopy", "pyglet"]),
         "n_trials_planned": len(trials), "n_trials_completed": 0, "frame_stats": {},
         "shared_images": shared_image_report(design, stimset.units, stimset.images, fingerprints),
+        "repetition": repetition_report(trials),
         "simulated": simulated,
         "runs": [],
     }

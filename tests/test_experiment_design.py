@@ -660,3 +660,19 @@ def test_dialog_asks_the_designs_participant_fields_and_records_them(fixture_set
     assert ran[-1].info["participant_info"] == {"age": None, "handedness": None}
     with pytest.raises(ConfigError, match="participant.fields"):
         design_from_dict(cfg(**{"participant.fields": ["session"]}))
+
+
+def test_repetition_report_counts_repeated_images_and_memory_matchable_trials():
+    from experiment.design import TrialSpec, repetition_report
+
+    def trial(i, ref, cand, tt="exemplar"):
+        return TrialSpec(trial_index=i, block=1, is_practice=False, is_catch=False, trial_type=tt, layer_group="early",
+                         n_images=len(ref[0]), units=("a", "b", "c"), layers=("l",) * 3, channels=(0, 1, 2),
+                         candidate_units=(0, 1, 2), reference_files=ref, candidate_files=cand, split_start=0)
+
+    t0 = trial(0, (("a0",), ("b0",), ("c0",)), (("a1",), ("b1",), ("c1",)))
+    t1 = trial(1, (("a0",), ("b2",), ("c2",)), (("a1",), ("b3",), ("c3",)))  # unit a: the same pair as in t0
+    t2 = trial(2, (("a4",), ("b4",), ("c4",)), (("a5",), ("b5",), ("c5",)))  # all new
+    rep = repetition_report([t0, t1, t2])
+    assert rep == {"max_shows": 2, "images_shown": 16, "images_shown_more_than_once": 2, "memory_matchable": 1,
+                   "rows_seen_before": 1, "main_exemplar_trials": 3}
