@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         if r["excluded"]:
             print(f"  layer group {g}: {r['excluded']} of {r['triplets']} triplets left out because two of their units "
                   f"show the same or a near-duplicate photograph ({len(r['pairs'])} unit pair(s))")
+        elif r.get("with_shared"):
+            print(f"fvmatch-session: WARNING: layer group {g}: {r['with_shared']} of {r['triplets']} triplets have two "
+                  f"units showing the same or a near-duplicate photograph, and design.shared_images = 'allow' lets "
+                  f"them into trials", file=sys.stderr)
     rep = info.get("repetition")
     if rep:
         print(f"  repetition: an image is shown up to {rep['max_shows']} times ({rep['images_shown_more_than_once']} of "

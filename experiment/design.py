@@ -121,15 +121,24 @@ def usable_images(images: pd.DataFrame) -> pd.DataFrame:
     return images
 
 
-def excluded_pairs(design: Design, units: pd.DataFrame, images: pd.DataFrame,
-                   fingerprints: dict | None) -> dict[str, list[tuple[str, str, str, str]]]:
-    """Per group, the unit pairs that may not share a trial (see ``experiment.overlap``); none without
-    fingerprints or with ``design.shared_images = "allow"``."""
-    if fingerprints is None or design["design"]["shared_images"] == "allow":
+def shared_pairs(design: Design, units: pd.DataFrame, images: pd.DataFrame,
+                 fingerprints: dict | None) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Per group, the unit pairs that show the same or a near-duplicate image in the shown ranks
+    (``experiment.overlap``); none without fingerprints."""
+    if fingerprints is None:
         return {g: [] for g in design["design"]["layer_groups"]}
     k_nat, _ = required_images(design)
     pairs = conflicting_pairs(units, usable_images(images), k_nat, fingerprints, design["design"]["near_duplicate_bits"])
     return {g: pairs.get(g, []) for g in design["design"]["layer_groups"]}
+
+
+def excluded_pairs(design: Design, units: pd.DataFrame, images: pd.DataFrame,
+                   fingerprints: dict | None) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Per group, the unit pairs that may not share a trial: the shared pairs, unless
+    ``design.shared_images = "allow"``."""
+    if design["design"]["shared_images"] == "allow":
+        return {g: [] for g in design["design"]["layer_groups"]}
+    return shared_pairs(design, units, images, fingerprints)
 
 
 def _allowed_triplets(ids: list[str], pairs: list[tuple]) -> list[tuple[str, str, str]]:
@@ -139,12 +148,15 @@ def _allowed_triplets(ids: list[str], pairs: list[tuple]) -> list[tuple[str, str
 
 
 def shared_image_report(design: Design, units: pd.DataFrame, images: pd.DataFrame, fingerprints: dict | None) -> dict:
-    """Per group: triplets of its units, how many were excluded for shared images, and the pairs why."""
+    """Per group: triplets of its units, how many contain two units sharing an image (``with_shared``)
+    and how many were excluded for it (``excluded``: 0 when the design allows them), and the pairs why."""
     out = {}
-    for g, pairs in excluded_pairs(design, units, images, fingerprints).items():
+    exclude = design["design"]["shared_images"] == "exclude"
+    for g, pairs in shared_pairs(design, units, images, fingerprints).items():
         ids = sorted(units.loc[units.group == g, "unit_id"])
         n_all = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
-        out[g] = {"triplets": n_all, "excluded": n_all - len(_allowed_triplets(ids, pairs)),
+        n_shared = n_all - len(_allowed_triplets(ids, pairs))
+        out[g] = {"triplets": n_all, "with_shared": n_shared, "excluded": n_shared if exclude else 0,
                   "pairs": [{"units": [a, b], "files": [fa, fb]} for a, b, fa, fb in pairs]}
     return out
 

@@ -140,9 +140,7 @@ class SessionPlan:
 
 def set_fingerprints(design: Design, stimset: StimulusSet) -> dict | None:
     """sha256 (manifest) and difference hash of every natural image the design can show, for the
-    shared-image rule (None when the design allows shared images)."""
-    if design["design"]["shared_images"] == "allow":
-        return None
+    shared-image rule and its report."""
     files = list(shown_natural_files(stimset.images, required_images(design)[0]).file)
     return image_fingerprints(stimset.root, stimset.manifest.get("files", {}), files)
 

@@ -535,7 +535,9 @@ def test_units_showing_the_same_photograph_never_share_a_trial(shared_set, tmp_p
 
     root, (a, b, c) = shared_set
     s = load_stimulus_set(root)
-    design = load_design("demo")
+    toml = tmp_path / "demo_exclude.toml"
+    toml.write_text((ROOT / "experiment/designs/demo.toml").read_text().replace('shared_images = "allow"', 'shared_images = "exclude"'))
+    design = load_design(str(toml))
     fp = image_fingerprints(root, s.manifest["files"], list(s.images.loc[s.images.kind == "natural_max", "file"]))
     seen_ab = seen_ac = 0
     for k in range(12):  # many participants: every window of the study order
@@ -552,9 +554,13 @@ def test_units_showing_the_same_photograph_never_share_a_trial(shared_set, tmp_p
     assert sorted(tuple(p["units"]) for p in rep["pairs"]) == [(a, b), (a, c)]
     assert plan.info["shared_images"]["middle"]["excluded"] == 0
     # the plan printed by --check-only says it
-    assert main(["--stimuli", str(root), "--design", "demo", "--participant", "P1", "--check-only", "--no-dialog",
+    assert main(["--stimuli", str(root), "--design", str(toml), "--participant", "P1", "--check-only", "--no-dialog",
                  "--data-dir", str(tmp_path / "d")]) == 0
     assert "layer group early: 9 of 35 triplets left out" in capsys.readouterr().out
+    # the shipped demo design allows them (its set has one triplet per group), and the plan warns
+    assert main(["--stimuli", str(root), "--design", "demo", "--participant", "P1", "--check-only", "--no-dialog",
+                 "--data-dir", str(tmp_path / "d")]) == 0
+    assert "early: 9 of 35 triplets have two units showing the same" in capsys.readouterr().err
 
 
 def test_too_few_triplets_without_shared_images_is_refused_with_the_reason(shared_set):
