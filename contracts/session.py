@@ -28,7 +28,11 @@ import pandas as pd
 from contracts.common import ContractError, check_schema, sha256_json, read_json, read_table, require_fields, write_json_atomic
 
 SCHEMA = "fvmatch.session"
-SCHEMA_VERSION = "1.3"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3 adds mode and online
+SCHEMA_VERSION = "1.3"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3: mode and online
+# (online sessions), and OPTIONAL_FIELDS_1_3
+# Fields session.json gained in 1.3 (all optional: files written before lack them and still read).
+# design_sha256 leaves out [monitor] since 1.3 (display_sha256 holds the screen's fingerprint).
+OPTIONAL_FIELDS_1_3 = ("mode", "online", "display_sha256", "participant_info", "shared_images", "repetition", "breaks")
 SESSION_FILE = "session.json"
 TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"
@@ -91,9 +95,15 @@ SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 
 def design_sha256(config: dict) -> str:
-    """Fingerprint of a design config as parsed (not its path): equal for every participant of one
-    design, so the analysis can refuse sessions run with different designs."""
-    return sha256_json(config)
+    """Fingerprint of the experimental design as parsed (not its path, not its ``[monitor]`` table):
+    equal for every participant of one design, in any booth, so the analysis can refuse sessions run
+    with different designs. (Before 1.3 the monitor table was included.)"""
+    return sha256_json({k: v for k, v in config.items() if k != "monitor"})
+
+
+def display_sha256(config: dict) -> str:
+    """Fingerprint of the screen a design was run on (its ``[monitor]`` table), recorded beside the design's."""
+    return sha256_json(config.get("monitor", {}))
 
 
 def validate_id(value: str, what: str = "participant id") -> str:
@@ -147,8 +157,12 @@ def _validate_session_info(path: Path, info: dict) -> None:
         raise ContractError(path, f"field 'mode' is {info['mode']!r}, expected one of {MODES}")
     if "online" in info and not isinstance(info["online"], dict):
         raise ContractError(path, "field 'online' must be an object")
-    if "design_sha256" in info and not (isinstance(info["design_sha256"], str) and len(info["design_sha256"]) == 64):
-        raise ContractError(path, "field 'design_sha256' must be a 64-character hex sha256")
+    for key in ("design_sha256", "display_sha256"):
+        if key in info and not (isinstance(info[key], str) and len(info[key]) == 64):
+            raise ContractError(path, f"field '{key}' must be a 64-character hex sha256")
+    for key, typ in (("participant_info", dict), ("shared_images", dict), ("breaks", list)):
+        if key in info and not isinstance(info[key], typ):
+            raise ContractError(path, f"field '{key}' must be a{'n object' if typ is dict else ' list'}")
 
 
 class TrialLog:

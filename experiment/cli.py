@@ -12,7 +12,7 @@ EPILOG = """examples:
   # a participant in the lab (a dialog asks for participant id and session number)
   fvmatch-session --stimuli data/stimuli/study1 --design default --experiment study1
 
-  # the same without the dialog; units are spread over participants by the trailing number (P07 -> 7)
+  # the same without the dialog; each new participant gets the next free counterbalance index
   fvmatch-session --stimuli data/stimuli/study1 --experiment study1 --participant P07 --session 1 --no-dialog
 
   # continue an interrupted session after the last saved trial, in the same order
@@ -23,11 +23,12 @@ EPILOG = """examples:
       --session 1 --simulate noisy:0.8 --data-dir data/sessions --no-dialog
 
   # check a stimulus set against a design, and write the trial list as a PsychoPy conditions file
-  fvmatch-session --stimuli data/stimuli/study1 --participant P07 --check-only --export-conditions P07.csv
+  # (the list depends on experiment, participant and session: give the ones the session will use)
+  fvmatch-session --stimuli data/stimuli/study1 --experiment study1 --participant P07 --session 1 \
+      --check-only --export-conditions P07.csv
 
 data: data/sessions/<experiment>/sub-<participant>_ses-<NN>/{session.json,trials.csv,psychopy/}
-exit status: 0 completed (or checks passed), 2 bad input or refused, 3 aborted with Escape,
-             4 stopped by --max-trials (session left 'running', continue with --resume)
+exit status: 0 completed (or checks passed), 2 bad input or refused, 3 aborted with Escape
 """
 
 
@@ -45,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an existing session after its last saved trial (with the design, seed and "
                         "counterbalance index recorded in its session.json)")
     p.add_argument("--counterbalance", type=int, metavar="K",
-                   help="counterbalance index: which triplets of units this participant gets "
-                        "(default: the trailing number of the participant id)")
+                   help="counterbalance index: which triplets of units and which screen side this participant gets "
+                        "(default: design.counterbalance, the lowest index no participant of the experiment has)")
+    p.add_argument("--allow-duplicate-counterbalance", action="store_true",
+                   help="accept a --counterbalance index another participant of the experiment already has")
     p.add_argument("--seed", type=int, help="session seed (default: derived from design seed, experiment, participant, session)")
     p.add_argument("--simulate", metavar="POLICY", help="simulated participant: random, oracle or noisy:P (correct with probability P)")
     p.add_argument("--no-dialog", action="store_true", help="never open a dialog (fail instead of asking)")
@@ -67,14 +70,17 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
-def _ask_ids(experiment: str, participant: str | None, session: int | None) -> tuple[str, int] | None:
+def _ask_ids(experiment: str, participant: str | None, session: int | None,
+             fields: list[str] = ()) -> tuple[str, int, dict] | None:
+    """Participant id, session number and the design's optional participant fields (empty -> None)."""
     from psychopy import gui
 
-    info = {"participant": participant or "", "session": session if session is not None else 1}
-    dlg = gui.DlgFromDict(info, title=f"fvmatch: {experiment}", order=["participant", "session"])
+    info = {"participant": participant or "", "session": session if session is not None else 1, **{f: "" for f in fields}}
+    dlg = gui.DlgFromDict(info, title=f"fvmatch: {experiment}", order=["participant", "session", *fields])
     if not dlg.OK:
         return None
-    return str(info["participant"]).strip(), int(info["session"])
+    extra = {f: (str(info[f]).strip() or None) for f in fields}
+    return str(info["participant"]).strip(), int(info["session"]), extra
 
 
 def _ask_resume(err) -> bool:
@@ -126,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
 
     participant, session = args.participant, args.session
+    fields = design["participant"]["fields"]
+    participant_info = {f: None for f in fields}  # not asked (no dialog): unknown
     if participant is None:
         if args.no_dialog or policy:
             return _fail("--participant is required with --no-dialog or --simulate")
-        asked = _ask_ids(experiment, participant, session)
+        asked = _ask_ids(experiment, participant, session, fields)
         if asked is None:
             return _fail("cancelled in the dialog", 2)
-        participant, session = asked
+        participant, session, participant_info = asked
     session = 1 if session is None else session
     try:
         validate_id(participant)
@@ -167,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fvmatch-session: note: took over the lock of a process that ended without releasing it "
                   f"({describe_holder(lock.taken_over)})", file=sys.stderr)
     try:
-        return _plan_and_run(args, t0, design, experiment, participant, session, stimset, policy, data_dir)
+        return _plan_and_run(args, t0, design, experiment, participant, session, stimset, policy, data_dir,
+                             participant_info)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _plan_and_run(args, t0, design, experiment, participant, session, stimset, policy, data_dir) -> int:
+def _plan_and_run(args, t0, design, experiment, participant, session, stimset, policy, data_dir,
+                  participant_info) -> int:
     from contracts.common import ContractError
     from experiment.design import write_conditions_csv
     from experiment.simulate import SimulatedParticipant
@@ -182,7 +192,8 @@ def _plan_and_run(args, t0, design, experiment, participant, session, stimset, p
 
     def start_new():
         return new_session(data_dir, experiment, participant, session, design, stimset, args.counterbalance,
-                           args.seed, policy)
+                           args.seed, policy, allow_duplicate_counterbalance=args.allow_duplicate_counterbalance,
+                           participant_info=participant_info)
 
     try:
         if args.resume:
@@ -208,9 +219,26 @@ def _plan_and_run(args, t0, design, experiment, participant, session, stimset, p
         out = write_conditions_csv(plan.trials, args.export_conditions, image_root=str(stimset.root.resolve()))
         print(f"conditions file: {out} ({len(plan.trials)} trials)")
     n_main = sum(not t.is_practice and not t.is_catch for t in plan.trials)
+    info = plan.info
+    print(f"plan for experiment {info['experiment']!r}, participant {info['participant']!r}, session {info['session']}: "
+          f"seed {info['seed']}, counterbalance {info['design']['counterbalance']} ({info['design']['counterbalance_rule']}), "
+          f"reference rows on the {info['design'].get('reference_side', 'left')}")
+    for g, r in (info.get("shared_images") or {}).items():
+        if r["excluded"]:
+            print(f"  layer group {g}: {r['excluded']} of {r['triplets']} triplets left out because two of their units "
+                  f"show the same or a near-duplicate photograph ({len(r['pairs'])} unit pair(s))")
+        elif r.get("with_shared"):
+            print(f"fvmatch-session: WARNING: layer group {g}: {r['with_shared']} of {r['triplets']} triplets have two "
+                  f"units showing the same or a near-duplicate photograph, and design.shared_images = 'allow' lets "
+                  f"them into trials", file=sys.stderr)
+    rep = info.get("repetition")
+    if rep:
+        print(f"  repetition: an image is shown up to {rep['max_shows']} times ({rep['images_shown_more_than_once']} of "
+              f"{rep['images_shown']} images more than once); in {rep['memory_matchable']} of {rep['main_exemplar_trials']} "
+              f"main exemplar trials a row pair can be matched from memory of an earlier trial (in {rep['rows_seen_before']} both "
+              f"rows were shown before)")
     print(f"{plan.folder}: {len(plan.trials)} trials ({n_main} main, {sum(t.is_practice for t in plan.trials)} practice, "
-          f"{sum(t.is_catch for t in plan.trials)} catch), counterbalance {plan.info['design']['counterbalance']}, "
-          f"seed {plan.info['seed']}" + (f", resuming at trial {plan.start_index + 1}" if plan.resumed else ""))
+          f"{sum(t.is_catch for t in plan.trials)} catch)" + (f", resuming at trial {plan.start_index + 1}" if plan.resumed else ""))
     if args.check_only:
         return 0
 
@@ -243,7 +271,7 @@ def _plan_and_run(args, t0, design, experiment, participant, session, stimset, p
                      f"{plan.folder}; continue with --resume once the problem is fixed.")
     done = plan.info["n_trials_completed"]
     print(f"{status}: {done} of {len(plan.trials)} trials saved in {plan.folder} ({time.perf_counter() - t0:.1f} s)")
-    return {"completed": 0, "aborted": 3, "running": 4}[status]
+    return {"completed": 0, "aborted": 3, "running": 4}[status]  # 4: only with the hidden test option --max-trials
 
 
 if __name__ == "__main__":

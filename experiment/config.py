@@ -1,13 +1,14 @@
 """Design configs (TOML): read, fill defaults, validate. Pure Python, no PsychoPy.
 
-A config has the tables ``[design]``, ``[practice]``, ``[catch]``, ``[display]``, ``[monitor]`` and
-``[timing]``; every key is documented in ``experiment/designs/default.toml``. Unknown tables or keys
+A config has the tables ``[design]``, ``[practice]``, ``[participant]``, ``[catch]``, ``[display]``,
+``[monitor]`` and ``[timing]``; every key is documented in ``experiment/designs/default.toml``. Unknown tables or keys
 are errors (a typo must not silently fall back to a default), and every error names the file and key.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +39,18 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "blocks": (int, 1),
         "max_triplet_uses": (int, 1),
         "fv_source": (str, "random"),
+        "shared_images": (str, "exclude"),
+        "participants_planned": (int, 24),
+        "counterbalance": (str, "next_free"),
+        "near_duplicate_bits": (int, 2),
     },
     "practice": {
         "trials": (int, 0),
         "trial_types": (list, list(TRIAL_TYPES)),
         "n_images": (list, [3]),
+    },
+    "participant": {
+        "fields": (list, []),
     },
     "catch": {
         "per_block": (int, 0),
@@ -57,6 +65,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "text_deg": ((int, float), 0.8),
         "background": (list, [0.0, 0.0, 0.0]),
         "pair_colors": (list, ["#E69F00", "#56B4E9", "#CC79A7"]),
+        "reference_side": (str, "counterbalanced"),
     },
     "monitor": {
         "name": (str, "fvmatch_monitor"),
@@ -65,6 +74,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "resolution": (list, ...),
         "fullscreen": (bool, True),
         "screen": (int, 0),
+        "refresh_hz": ((int, float), 60.0),
     },
     "timing": {
         "iti_s": ((int, float), 0.5),
@@ -184,6 +194,18 @@ def _check_values(c: dict, path: Path | str) -> None:
         fail("design.max_triplet_uses", "must be at least 1 (1 = a triplet never repeats for a participant)")
     if d["fv_source"] not in ("random", "first"):
         fail("design.fv_source", "must be 'random' (a seeded random choice of n visualizations) or 'first' (ranks 0..n-1)")
+    if not 0 <= d["participants_planned"] <= 100000:
+        fail("design.participants_planned", "must be >= 0 (0: consecutive windows of the study order, as before)")
+    if d["counterbalance"] not in ("next_free", "participant_number"):
+        fail("design.counterbalance", "must be 'next_free' (the lowest index no participant of the experiment has) "
+                                      "or 'participant_number' (the trailing number of the id)")
+    if c["display"]["reference_side"] not in ("counterbalanced", "left", "right"):
+        fail("display.reference_side", "must be 'counterbalanced' (left for even, right for odd counterbalance "
+                                       "indices), 'left' or 'right'")
+    if d["shared_images"] not in ("exclude", "allow"):
+        fail("design.shared_images", "must be 'exclude' (units showing the same photograph never share a trial) or 'allow'")
+    if not -1 <= d["near_duplicate_bits"] <= 32:
+        fail("design.near_duplicate_bits", "must be in [-1, 32] (-1: identical images only)")
     if not 0 <= d["seed"] < 2**63:
         fail("design.seed", "must be a non-negative integer")
     p = c["practice"]
@@ -191,6 +213,11 @@ def _check_values(c: dict, path: Path | str) -> None:
         fail("practice.trials", "must be >= 0")
     subset("practice.trial_types", p["trial_types"], TRIAL_TYPES)
     subset("practice.n_images", p["n_images"], N_IMAGES)
+    fields = c["participant"]["fields"]
+    if not all(isinstance(f, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", f) for f in fields):
+        fail("participant.fields", "must be names like 'age' or 'handedness' (letters, digits, '_')")
+    if len(set(fields)) != len(fields) or {"participant", "session"} & set(fields):
+        fail("participant.fields", "has duplicates, or repeats 'participant'/'session' (always asked)")
     if c["catch"]["per_block"] < 0:
         fail("catch.per_block", "must be >= 0")
     if c["catch"]["n_images"] not in N_IMAGES:
@@ -218,6 +245,8 @@ def _check_values(c: dict, path: Path | str) -> None:
         fail("monitor.distance_cm", "must be in [10, 1000] cm")
     if not 5 <= m["width_cm"] <= 500:
         fail("monitor.width_cm", "must be in [5, 500] cm")
+    if not 20 <= m["refresh_hz"] <= 500:
+        fail("monitor.refresh_hz", "must be in [20, 500] Hz")
     res = m["resolution"]
     if len(res) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 200 <= v <= 16384 for v in res):
         fail("monitor.resolution", "must be [width_px, height_px], integers >= 200")

@@ -8,10 +8,11 @@ Rules (each documented where it is implemented):
   ``catch.per_block`` catch trials go to random positions inside each block. Practice is block 0.
 * **Units.** Per layer group, all triplets of its units are put in one *study order* that depends
   only on ``design.seed`` (shared by all participants) and keeps unit use even along the order.
-  Participant ``K`` (counterbalance index) takes the next ``t`` triplets after participant
-  ``K-1`` (cyclically; ``t`` = that group's trials per participant), so units and triplets are
-  spread evenly over participants, and a triplet is used at most ``design.max_triplet_uses``
-  times per participant (1 by default: never repeats).
+  Participant ``K`` (counterbalance index) takes ``t`` consecutive triplets (cyclically; ``t`` =
+  that group's trials per participant) from a start that rotates over
+  ``design.participants_planned`` participants (``participant_triplets``), so over the planned
+  participants every triplet is used equally often (within one), and a triplet is used at most
+  ``design.max_triplet_uses`` times per participant (1 by default: never repeats).
 * **Rows.** The three units go to reference rows in random order; candidate rows are a random
   permutation ``candidate_units`` (candidate row j shows unit ``candidate_units[j]``).
 * **Exemplar ranks (ABBA split).** For n images per side, the 2n most activating natural images
@@ -22,6 +23,10 @@ Rules (each documented where it is implemented):
   side has the same statistics in every trial type.
 * **Feature visualizations.** n of the unit's visualizations, a seeded random choice
   (``design.fv_source = "random"``) or ranks 0..n-1 (``"first"``).
+* **Shared images.** Two units of a group that show the same photograph (or a near duplicate) in
+  the shown ranks never appear in one trial: with ``design.shared_images = "exclude"`` (default)
+  every triplet containing such a pair is left out of the study order, and every built trial is
+  checked again (``experiment.overlap``). ``shared_image_report`` says how many were left out.
 * **Catch trials** are exemplar trials whose candidate rows show exactly the reference images
   (trivial matches, an attention check).
 * Images within a row are shown in random order on both sides.
@@ -43,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from experiment.config import Design
+from experiment.overlap import check_trial, conflicting_pairs
 
 KIND_NATURAL = "natural_max"
 KIND_FV = "feature_vis"
@@ -115,24 +121,71 @@ def usable_images(images: pd.DataFrame) -> pd.DataFrame:
     return images
 
 
-def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFrame) -> list[str]:
-    """Everything the stimulus set lacks for this design, as sentences (empty: the set is enough)."""
+def shared_pairs(design: Design, units: pd.DataFrame, images: pd.DataFrame,
+                 fingerprints: dict | None) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Per group, the unit pairs that show the same or a near-duplicate image in the shown ranks
+    (``experiment.overlap``); none without fingerprints."""
+    if fingerprints is None:
+        return {g: [] for g in design["design"]["layer_groups"]}
+    k_nat, _ = required_images(design)
+    pairs = conflicting_pairs(units, usable_images(images), k_nat, fingerprints, design["design"]["near_duplicate_bits"])
+    return {g: pairs.get(g, []) for g in design["design"]["layer_groups"]}
+
+
+def excluded_pairs(design: Design, units: pd.DataFrame, images: pd.DataFrame,
+                   fingerprints: dict | None) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Per group, the unit pairs that may not share a trial: the shared pairs, unless
+    ``design.shared_images = "allow"``."""
+    if design["design"]["shared_images"] == "allow":
+        return {g: [] for g in design["design"]["layer_groups"]}
+    return shared_pairs(design, units, images, fingerprints)
+
+
+def _allowed_triplets(ids: list[str], pairs: list[tuple]) -> list[tuple[str, str, str]]:
+    bad = {frozenset(p[:2]) for p in pairs}
+    return [c for c in itertools.combinations(sorted(ids), 3)
+            if not any(frozenset(q) in bad for q in itertools.combinations(c, 2))]
+
+
+def shared_image_report(design: Design, units: pd.DataFrame, images: pd.DataFrame, fingerprints: dict | None) -> dict:
+    """Per group: triplets of its units, how many contain two units sharing an image (``with_shared``)
+    and how many were excluded for it (``excluded``: 0 when the design allows them), and the pairs why."""
+    out = {}
+    exclude = design["design"]["shared_images"] == "exclude"
+    for g, pairs in shared_pairs(design, units, images, fingerprints).items():
+        ids = sorted(units.loc[units.group == g, "unit_id"])
+        n_all = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
+        n_shared = n_all - len(_allowed_triplets(ids, pairs))
+        out[g] = {"triplets": n_all, "with_shared": n_shared, "excluded": n_shared if exclude else 0,
+                  "pairs": [{"units": [a, b], "files": [fa, fb]} for a, b, fa, fb in pairs]}
+    return out
+
+
+def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFrame,
+                         fingerprints: dict | None = None) -> list[str]:
+    """Everything the stimulus set lacks for this design, as sentences (empty: the set is enough).
+    With ``fingerprints`` (``experiment.overlap.image_fingerprints``) triplets whose units share an
+    image are not counted as available."""
     images = usable_images(images)
     problems = []
     k_nat, k_fv = required_images(design)
     need = triplets_needed(design)
     max_uses = design["design"]["max_triplet_uses"]
+    pairs = excluded_pairs(design, units, images, fingerprints)
     for g, t in need.items():
         ids = sorted(units.loc[units.group == g, "unit_id"])
         if len(ids) < 3:
             problems.append(f"layer group {g!r}: {len(ids)} unit(s) in the set, a trial needs 3")
             continue
-        n_trip = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
+        n_all = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
+        n_trip = len(_allowed_triplets(ids, pairs[g]))
+        shared = (f" ({n_all - n_trip} of {n_all} left out because two of their units show the same or a "
+                  f"near-duplicate photograph, e.g. {pairs[g][0][2]} and {pairs[g][0][3]})") if n_trip < n_all else ""
         if n_trip * max_uses < t:
             problems.append(
-                f"layer group {g!r}: {len(ids)} units give {n_trip} distinct triplets, but a participant has {t} trials "
-                f"in this group and design.max_triplet_uses = {max_uses}: add units to the set, reduce the trials, "
-                f"or allow repeats")
+                f"layer group {g!r}: {len(ids)} units give {n_trip} distinct triplets{shared}, but a participant has {t} "
+                f"trials in this group and design.max_triplet_uses = {max_uses}: add units to the set, reduce the "
+                f"trials, or allow repeats")
         for uid in ids:
             nat = set(images.loc[(images.unit_id == uid) & (images.kind == KIND_NATURAL), "rank"])
             missing = [r for r in range(k_nat) if r not in nat]
@@ -149,14 +202,18 @@ def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFra
 # Triplets
 
 
-def triplet_study_order(unit_ids: list[str], seed: int, group: str) -> list[tuple[str, str, str]]:
-    """All triplets of a group's units, ordered so that unit use stays even along the order.
+def triplet_study_order(unit_ids: list[str], seed: int, group: str,
+                        excluded: list[tuple] = ()) -> list[tuple[str, str, str]]:
+    """All triplets of a group's units (but those containing an ``excluded`` pair), ordered so that unit
+    use stays even along the order.
 
     Greedy: the next triplet is the remaining one whose units have been used least so far (sum of
     counts), ties broken by a random order seeded by ``(seed, group)``. The same for all participants.
     """
     ids = sorted(unit_ids)
-    combos = np.array(list(itertools.combinations(range(len(ids)), 3)), dtype=np.int64)
+    allowed = set(_allowed_triplets(ids, list(excluded)))
+    combos = np.array([c for c in itertools.combinations(range(len(ids)), 3)
+                       if tuple(ids[j] for j in c) in allowed], dtype=np.int64).reshape(-1, 3)
     rng = np.random.default_rng(derive_seed("triplet-order", seed, group))
     combos = combos[rng.permutation(len(combos))]
     counts = np.zeros(len(ids), dtype=np.int64)
@@ -172,9 +229,33 @@ def triplet_study_order(unit_ids: list[str], seed: int, group: str) -> list[tupl
     return order
 
 
-def participant_triplets(order: list[tuple[str, str, str]], counterbalance: int, t: int) -> list[tuple[str, str, str]]:
-    """Participant K's t triplets: positions K*t .. K*t+t-1 of the study order, cyclically."""
-    start = counterbalance * t
+def rotation_slots(planned: int) -> list[int]:
+    """The slots 0..planned-1 in the order participants take them: each next slot is the free one
+    farthest (cyclically) from all taken ones (ties: the lowest), so any first few participants are
+    spread over the whole study order, and ``planned`` participants take every slot once."""
+    slots, free = [0], set(range(1, planned))
+    while free:
+        def gap(j: int) -> int:
+            return min(min((j - s) % planned, (s - j) % planned) for s in slots)
+        j = max(sorted(free), key=gap)
+        slots.append(j)
+        free.remove(j)
+    return slots[:planned]
+
+
+def participant_triplets(order: list[tuple[str, str, str]], counterbalance: int, t: int,
+                         planned: int = 0) -> list[tuple[str, str, str]]:
+    """Participant K's t triplets: t consecutive positions of the study order (cyclically) from a start
+    that rotates over ``planned`` participants (a Latin-square-like rotation): participant K takes slot
+    ``rotation_slots(planned)[K mod planned]`` and starts at ``slot * len(order) // planned``, so the
+    planned participants' windows are spread evenly over the order (every triplet used about
+    ``planned * t / len(order)`` times, within one) and the first few participants overlap least.
+    ``planned = 0``: start ``K * t`` (consecutive windows; sessions recorded before
+    ``design.participants_planned`` existed)."""
+    if planned:
+        start = rotation_slots(planned)[counterbalance % planned] * len(order) // planned
+    else:
+        start = counterbalance * t
     return [order[(start + i) % len(order)] for i in range(t)]
 
 
@@ -195,12 +276,13 @@ def abba_split(n: int, s: int) -> tuple[list[int], list[int]]:
 
 
 def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, counterbalance: int,
-                 session_seed: int) -> list[TrialSpec]:
+                 session_seed: int, fingerprints: dict | None = None) -> list[TrialSpec]:
     """The full, ordered trial list (practice, then blocks with catch trials) of one session.
 
-    Raises ValueError listing what the set lacks when it cannot serve this design.
+    ``fingerprints`` (file -> (sha256, dhash), ``experiment.overlap.image_fingerprints``) enables the
+    shared-image rule. Raises ValueError listing what the set lacks when it cannot serve this design.
     """
-    problems = check_set_for_design(design, units, images)
+    problems = check_set_for_design(design, units, images, fingerprints)
     if problems:
         raise ValueError("the stimulus set cannot serve this design:\n  - " + "\n  - ".join(problems))
     if counterbalance < 0:
@@ -236,10 +318,12 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
 
     # Triplets: the participant's window of the study order, randomly assigned to that group's trials.
     need = triplets_needed(design)
+    pairs = excluded_pairs(design, units, images, fingerprints)
     pools: dict[str, list] = {}
     for g in groups:
         ids = list(units.loc[units.group == g, "unit_id"])
-        window = participant_triplets(triplet_study_order(ids, d["seed"], g), counterbalance, need[g])
+        window = participant_triplets(triplet_study_order(ids, d["seed"], g, pairs[g]), counterbalance, need[g],
+                                      d["participants_planned"])
         pools[g] = [window[i] for i in rng.permutation(len(window))]
     assert all(sum(1 for t in plan if t[2] == g) == need[g] for g in groups)
 
@@ -268,6 +352,11 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
                 avail = sorted(fv)
                 picks = avail[:n] if d["fv_source"] == "first" else sorted(rng.choice(avail, size=n, replace=False).tolist())
                 cand_by_unit.append([fv[r] for r in picks])
+        if fingerprints is not None and d["shared_images"] == "exclude":
+            shown = {u: ref_rows[i] + cand_by_unit[i] for i, u in enumerate(row_units)}
+            problem = check_trial(shown, fingerprints, d["near_duplicate_bits"])
+            if problem:
+                raise ValueError(f"trial {idx}: {problem}")  # cannot happen after the triplet exclusion: a bug
         ref_rows = [tuple(row[i] for i in rng.permutation(n)) for row in ref_rows]
         cand_rows = [tuple(cand_by_unit[u][i] for i in rng.permutation(n)) for u in cand_perm]
         trials.append(TrialSpec(
@@ -327,3 +416,43 @@ def write_conditions_csv(trials: list[TrialSpec], path: os.PathLike | str, image
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Repetition within one session
+
+
+def repetition_report(trials: list[TrialSpec]) -> dict:
+    """How often the participant sees the same natural images (all trials, practice included).
+
+    ``max_shows``: the most times one image file is shown; ``images_shown_more_than_once`` of
+    ``images_shown``; ``memory_matchable``: main exemplar trials (of ``main_exemplar_trials``) in which
+    some unit's candidate row holds an image that an earlier trial showed for the same unit as an image
+    now on that unit's reference row (in one row, or on its two paired rows), so that pair of rows can
+    be matched from memory of the earlier trial rather than from what the images share;
+    ``rows_seen_before``: main exemplar trials in which both rows of some unit show exactly images
+    (as a set) that an earlier trial showed on one row.
+    """
+    shows: dict[str, int] = {}
+    together: set[frozenset] = set()
+    rows_seen: set[frozenset] = set()
+    matchable = repeated = n_ex = 0
+    for t in trials:
+        if t.trial_type == "exemplar" and not t.is_practice and not t.is_catch:
+            n_ex += 1
+            cands = [t.candidate_files[t.candidate_units.index(i)] for i in range(3)]
+            matchable += any(frozenset((a, b)) in together for i in range(3) for a in t.reference_files[i] for b in cands[i])
+            repeated += any(frozenset(t.reference_files[i]) in rows_seen and frozenset(cands[i]) in rows_seen for i in range(3))
+        rows_seen.update(frozenset(r) for r in t.reference_files)
+        if t.trial_type == "exemplar":
+            rows_seen.update(frozenset(r) for r in t.candidate_files)
+        for i in range(3):  # the images shown for unit i (both sides; natural images only)
+            shown = list(t.reference_files[i])
+            if t.trial_type == "exemplar" and not t.is_catch:
+                shown += list(t.candidate_files[t.candidate_units.index(i)])
+            for f in shown:
+                shows[f] = shows.get(f, 0) + 1
+            together.update(frozenset(p) for p in itertools.combinations(set(shown), 2))
+    return {"max_shows": max(shows.values(), default=0), "images_shown": len(shows),
+            "images_shown_more_than_once": sum(v > 1 for v in shows.values()),
+            "memory_matchable": matchable, "rows_seen_before": repeated, "main_exemplar_trials": n_ex}

@@ -42,6 +42,16 @@ class TrialLayout:
     progress_y: float
     width: float  # extent of everything drawn, degrees
     height: float
+    reference_side: str = "left"  # screen side of the reference rows ("left" or "right")
+
+    def inner_x(self, side: str, r: int) -> float:
+        """x of the edge of row r of ``side`` that faces the middle gap (where pair lines start)."""
+        rect = self.rows[side][r]
+        on_left = (side == "reference") == (self.reference_side == "left")
+        return rect.right if on_left else rect.left
+
+    def on_left(self, side: str) -> bool:
+        return (side == "reference") == (self.reference_side == "left")
 
     def hit(self, px: float, py: float) -> tuple[str, int | None] | None:
         """Which clickable thing is at (px, py): ("reference"|"candidate", row), ("confirm", None) or None."""
@@ -54,11 +64,14 @@ class TrialLayout:
         return None
 
 
-def trial_layout(n: int, display: dict) -> TrialLayout:
-    """Positions of every image, row frame and button for a trial with n images per row.
+def trial_layout(n: int, display: dict, reference_side: str = "left") -> TrialLayout:
+    """Positions of every image, row frame and button for a trial with n images per row, reference
+    rows on ``reference_side`` of the screen (the candidate rows on the other).
 
     Everything drawn (title to progress line) is centred vertically on the screen.
     """
+    if reference_side not in ("left", "right"):
+        raise ValueError(f"reference_side must be 'left' or 'right', got {reference_side!r}")
     img, gap = float(display["image_deg"]), float(display["image_gap_deg"])
     row_gap, side_gap, pad = float(display["row_gap_deg"]), float(display["side_gap_deg"]), float(display["frame_deg"]) * 2
     text = float(display["text_deg"])
@@ -72,7 +85,8 @@ def trial_layout(n: int, display: dict) -> TrialLayout:
     dy = -(top + bottom) / 2  # shift that centres the extent
     rows: dict = {}
     images: dict = {}
-    for side, sign in (("reference", -1), ("candidate", 1)):
+    ref_sign = -1 if reference_side == "left" else 1
+    for side, sign in (("reference", ref_sign), ("candidate", -ref_sign)):
         inner = sign * side_gap / 2  # the row edge next to the centre
         x_c = inner + sign * row_w / 2
         rows[side] = [Rect(x_c, pitch * (1 - r) + dy, row_w + 2 * pad, img + 2 * pad) for r in range(3)]
@@ -82,7 +96,7 @@ def trial_layout(n: int, display: dict) -> TrialLayout:
         images[side] = [[(x, pitch * (1 - r) + dy) for x in xs] for r in range(3)]
     confirm = Rect(0.0, confirm_y + dy, 8 * text, confirm_h)
     width = 2 * (side_gap / 2 + row_w + pad)
-    return TrialLayout(n, img, rows, images, confirm, title_y + dy, progress_y + dy, width, top - bottom)
+    return TrialLayout(n, img, rows, images, confirm, title_y + dy, progress_y + dy, width, top - bottom, reference_side)
 
 
 def check_fits(layout: TrialLayout, screen_w_deg: float, screen_h_deg: float, margin_deg: float = 0.5) -> str | None:
@@ -103,3 +117,17 @@ def screen_size_deg(width_cm: float, distance_cm: float, resolution: list[int]) 
 def message_button_y(screen_h_deg: float, text_deg: float) -> float:
     """Vertical position of the button of a text screen (instructions, breaks): near the bottom."""
     return -screen_h_deg / 2 + 3.5 * text_deg
+
+
+MIN_TEXT_SCALE = 0.6  # text is never shrunk below this fraction of display.text_deg to make it fit
+
+
+def fitted_text_height(height: float, measured: float, available: float, text_deg: float) -> float | None:
+    """The letter height at which a text block that is ``measured`` deg high at ``height`` fits into
+    ``available`` deg: ``height`` when it already fits, else a proportionally smaller one (the wrap
+    width stays, so a smaller text also takes fewer lines: proportional is on the safe side); None
+    when that is below ``MIN_TEXT_SCALE * text_deg`` (the runner then refuses the design)."""
+    if measured <= available:
+        return height
+    h = 0.98 * height * available / measured
+    return h if h >= MIN_TEXT_SCALE * text_deg else None

@@ -12,14 +12,18 @@ screen position of the row they choose; the same polling code then reads the cli
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 from pathlib import Path
 
 from contracts.session import PSYCHOPY_DIR, TRIALS_FILE, TrialLog, now_iso
 from contracts.stimulus_set import StimulusSet
+from experiment.clicks import ClickBuffer
 from experiment.design import TrialSpec, score
-from experiment.layout import message_button_y, screen_size_deg, trial_layout
+from experiment.layout import MIN_TEXT_SCALE, fitted_text_height, message_button_y, screen_size_deg, trial_layout
 from experiment.matching import PairingState
+from experiment.monitor import measure_refresh, open_monitor, runtime_info
 from experiment.simulate import SimulatedParticipant
 from experiment.storage import SessionPlan, save_info, trial_row
 
@@ -29,18 +33,24 @@ HANDLER_FIELDS = ("experiment", "participant", "session", "trial_index", "block"
                   "assignment", "correct_0", "correct_1", "correct_2", "n_correct", "trial_correct",
                   "rt_first_click", "rt_confirm", "paused_s", "frames", "frames_dropped", "onset")
 
-INSTRUCTIONS = (
-    "Welcome, and thank you for taking part.\n\n"
-    "On each screen you see three rows of images on the LEFT. Each row shows what one unit of an "
-    "artificial neural network responds to most strongly.\n\n"
-    "On the RIGHT are three more rows, one for each of the same three units, in shuffled order. "
-    "They show either other photographs or synthetic images made to excite the unit.\n\n"
-    "Your task: pair every row on the right with the row on the left that shows the same unit. "
-    "Click a row on the right, then the row on the left that belongs to it. Matching colours and a line "
-    "show each pair; click again to change a pair. When all three rows are paired, click Confirm.\n\n"
-    "Take the time you need; accuracy matters more than speed. You can end the session at any time "
-    "with the Escape key."
-)
+def instructions(reference_side: str = "left") -> str:
+    """The instruction text for reference rows on ``reference_side`` (candidate rows on the other)."""
+    ref, cand = ("LEFT", "RIGHT") if reference_side == "left" else ("RIGHT", "LEFT")
+    return (
+        "Welcome, and thank you for taking part.\n\n"
+        f"On each screen you see three rows of images on the {ref}. Each row shows what one unit of an "
+        "artificial neural network responds to most strongly.\n\n"
+        f"On the {cand} are three more rows, one for each of the same three units, in shuffled order. "
+        "They show either other photographs or synthetic images made to excite the unit.\n\n"
+        f"Your task: pair every row on the {cand.lower()} with the row on the {ref.lower()} that shows the same unit. "
+        f"Click a row on the {cand.lower()}, then the row on the {ref.lower()} that belongs to it. Matching colours "
+        "and a line show each pair; click again to change a pair. When all three rows are paired, click Confirm.\n\n"
+        "Take the time you need; accuracy matters more than speed. You can end the session at any time "
+        "with the Escape key."
+    )
+
+
+INSTRUCTIONS = instructions("left")
 
 
 RIGHT_RGB = [-0.6, 0.6, -0.6]
@@ -69,6 +79,7 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
 
     design = plan.design
     mon_cfg, disp = design["monitor"], design["display"]
+    mon, monitor_center = open_monitor(mon_cfg, design.path)  # ValueError before anything is written
     psydir = plan.folder / PSYCHOPY_DIR
     psydir.mkdir(parents=True, exist_ok=True)
     participant, experiment = plan.info["participant"], plan.info["experiment"]
@@ -83,11 +94,13 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
     plan.info["status"] = "running"
     save_info(plan)
 
-    mon = monitors.Monitor(mon_cfg["name"], width=mon_cfg["width_cm"], distance=mon_cfg["distance_cm"], autoLog=False)
-    mon.setSizePix(list(mon_cfg["resolution"]))
+    run_record["monitor_center"] = monitor_center
+    if not monitor_center["loaded"] and sim is None:
+        print(f"fvmatch-session: note: {monitor_center['note']} (see README: Monitor Center)", file=sys.stderr)
+    # The refresh rate is measured below (measure_refresh), against the design's monitor.refresh_hz.
     win = visual.Window(size=list(mon_cfg["resolution"]), monitor=mon, units="deg", fullscr=mon_cfg["fullscreen"],
                         screen=mon_cfg["screen"], color=disp["background"], colorSpace="rgb", allowGUI=False,
-                        checkTiming=check_timing and sim is None, waitBlanking=sim is None)
+                        checkTiming=False, waitBlanking=sim is None)
     if [int(v) for v in win.size] != [int(v) for v in mon_cfg["resolution"]]:
         # Sizes in degrees are computed from monitor.resolution: a different real size would distort them.
         size = [int(v) for v in win.size]
@@ -95,11 +108,19 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
         raise ValueError(f"{design.path}: monitor.resolution is {mon_cfg['resolution']} but the window opened at "
                          f"{size} px (fullscreen uses the screen's own resolution): set monitor.resolution to it")
     run_record["window_px"] = [int(v) for v in win.size]
-    run_record["frame_period_ms"] = round(1000 * win.monitorFramePeriod, 3) if win.monitorFramePeriod else None
-    run_record["refresh_measured"] = bool(check_timing and sim is None)
+    why_not = ("simulated participant (runs unpaced)" if sim is not None else
+               "--no-timing-check" if not check_timing else "")
+    refresh, warning = measure_refresh(win, mon_cfg["refresh_hz"], attempt=check_timing and sim is None, why_not=why_not)
+    if warning:
+        print(f"fvmatch-session: WARNING: {warning}", file=sys.stderr)
+    run_record["refresh"] = refresh
+    run_record["frame_period_ms"] = refresh["frame_period_ms"]  # the period dropped frames are judged against
+    run_record["refresh_measured"] = refresh["measured_hz"] is not None
+    run_record["runtime_info"] = runtime_info(win)
     exp = data.ExperimentHandler(name=experiment, dataFileName=str(psydir / stem), savePickle=False, saveWideText=False, autoLog=False)
     log = TrialLog(plan.folder / TRIALS_FILE)
-    ui = _UI(win, mon, disp, sim, screenshot_dir, sim_escape_after)
+    ui = _UI(win, mon, disp, sim, screenshot_dir, sim_escape_after,
+             reference_side=plan.info["design"].get("reference_side", "left"))
     ui.sim_hang_after = sim_hang_after
     status = "running"
     totals = {"trials": 0, "frames": 0, "frames_dropped": 0, "intervals": 0, "intervals_ms_sum": 0.0}  # this run
@@ -107,6 +128,8 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
         status = _run_trials(plan, stimset, ui, log, exp, psydir / f"{stem}.csv", totals, max_trials)
     except SessionAborted:
         status = "aborted"
+        if ui.aborted_trial is not None:
+            run_record["aborted_trial"] = ui.aborted_trial  # the clicks of the trial that Escape ended
     finally:
         log.close()
         if exp.entries:
@@ -123,6 +146,7 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
                            + "\n\nPlease let the experimenter know.", button="Close", min_s=1.0)
             except SessionAborted:
                 pass
+        ui.clicks.close()
         win.close()
         logging.flush()
         logging.root.removeTarget(logfile)
@@ -145,13 +169,14 @@ def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: "_UI", log: TrialLo
     n_total = len(trials)
     n_blocks = max(t.block for t in trials)
     if plan.start_index == 0:
-        ui.message(INSTRUCTIONS, button="Start", screenshot="instructions")
+        ui.message(instructions(ui.reference_side), button="Start", screenshot="instructions")
         if trials and trials[0].is_practice:
             ui.message(f"First, {sum(t.is_practice for t in trials)} practice trials. After each one you see which "
                        "pairs were right (green) and which were wrong (red).", button="Start practice")
     else:
         ui.message(f"Welcome back. The session continues with trial {plan.start_index + 1} of {n_total}.\n\n"
-                   "Reminder: click a row on the right, then the row on the left that shows the same unit; "
+                   f"Reminder: click a row on the {ui.candidate_side}, then the row on the {ui.reference_side} that shows "
+                   "the same unit; "
                    "click Confirm when all three rows are paired.", button="Continue")
     prev_block = trials[plan.start_index - 1].block if plan.start_index > 0 else None
     done_this_run = 0
@@ -163,9 +188,12 @@ def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: "_UI", log: TrialLo
                 ui.message("Practice is over; there is no more feedback from now on.\n\n"
                            f"The experiment has {n_blocks} blocks with a break after each.", button="Start")
             else:
-                ui.message(f"Block {prev_block} of {n_blocks} done: {t.trial_index} of {n_total} trials finished.\n\n"
-                           "Take a short break. Continue when you are ready.", button="Continue",
-                           min_s=plan.design["timing"]["min_break_s"], screenshot="break")
+                started = now_iso()
+                took = ui.message(f"Block {prev_block} of {n_blocks} done: {t.trial_index} of {n_total} trials finished.\n\n"
+                                  "Take a short break. Continue when you are ready.", button="Continue",
+                                  min_s=plan.design["timing"]["min_break_s"], screenshot="break")
+                plan.info.setdefault("breaks", []).append({"after_block": prev_block, "before_trial": t.trial_index,
+                                                           "started": started, "duration_s": round(took, 3)})
         prev_block = t.block
         row = ui.run_trial(t, stimset, plan, progress=f"Trial {t.trial_index + 1} of {n_total}")
         row["_n_intervals"] = ui.last_n_intervals
@@ -191,25 +219,25 @@ def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: "_UI", log: TrialLo
 
 
 def _save_handler(exp, path: Path) -> None:
-    """Rewrite the handler's wide CSV (overwrite on purpose: it grows by one row per trial)."""
-    from psychopy import logging
-
-    level = logging.console.level
-    logging.console.setLevel(logging.ERROR)  # the 'will be overwritten' warning is expected here
-    try:
-        exp.saveAsWideText(str(path), delim=",", fileCollisionMethod="overwrite")
-    finally:
-        logging.console.setLevel(level)
+    """Rewrite the handler's wide CSV: written to a new file, then renamed over the old one (atomic, and
+    no 'Data file ... will be overwritten' warning, which PsychoPy logs for any existing target)."""
+    tmp = path.with_name(path.stem + ".partial.csv")
+    if tmp.exists():
+        tmp.unlink()  # left by a kill mid-write
+    exp.saveAsWideText(str(tmp), delim=",", fileCollisionMethod="overwrite")
+    os.replace(tmp, path)
 
 
 class _UI:
     """Drawing and input for one window."""
 
     def __init__(self, win, mon, disp: dict, sim: SimulatedParticipant | None, screenshot_dir: Path | None,
-                 sim_escape_after: int | None):
+                 sim_escape_after: int | None, reference_side: str = "left"):
         from psychopy import event, visual
 
         self.visual, self.event = visual, event
+        self.reference_side = reference_side
+        self.candidate_side = "right" if reference_side == "left" else "left"
         self.win, self.mon, self.disp, self.sim = win, mon, disp, sim
         self.screenshot_dir = Path(screenshot_dir) if screenshot_dir else None
         self.shots_taken: set[str] = set()
@@ -219,8 +247,11 @@ class _UI:
         self.sim_hang_after: int | None = None
         self.sim_idle = False  # a simulated participant that stopped clicking (tests)
         self.last_n_intervals = 0
+        self.last_feedback_s: float | None = None  # how long the last practice feedback was up
+        self.aborted_trial: dict | None = None  # what was clicked in a trial that Escape ended
         self.paused_s = 0.0  # total time on the Escape confirmation screen this session
         self.mouse = event.Mouse(win=win, visible=True)
+        self.clicks = ClickBuffer(win)  # every press in order (two presses within one frame are two clicks)
         self.colors = [_hex_to_rgb(c) for c in disp["pair_colors"]]
         self.text_h = disp["text_deg"]
         self.time_scale = 0.0 if sim else 1.0  # simulated participants run at full speed
@@ -255,13 +286,20 @@ class _UI:
         if self._pending_keys:
             self.event._onPygletKey(self._pending_keys.pop(0), 0, emulated=True)
 
-    def _new_click(self, last_time: float) -> tuple[float, tuple[float, float]] | None:
-        """A press since the last one (RT from the onset reset, as recorded by the press handler)."""
-        _, times = self.mouse.getPressed(getTime=True)
-        if times[0] > 0 and times[0] != last_time:
-            pos = self.mouse.getPos()
-            return float(times[0]), (float(pos[0]), float(pos[1]))
-        return None
+    def _new_click(self, last_time: float = 0.0) -> tuple[float, tuple[float, float]] | None:
+        """The oldest press not read yet: (time since the last click reset, (x, y) deg where it was pressed)."""
+        from psychopy.tools.monitorunittools import pix2deg
+
+        press = self.clicks.pop()
+        if press is None:
+            return None
+        t, (px, py) = press
+        return t, (float(pix2deg(px, self.mon)), float(pix2deg(py, self.mon)))
+
+    def _reset_clicks(self) -> None:
+        """Clock zero for click times, and forget presses before it (called on a flip)."""
+        self.mouse.clickReset()
+        self.clicks.clear()
 
     @staticmethod
     def _flush_log() -> None:
@@ -277,9 +315,12 @@ class _UI:
     def _confirm_quit(self) -> None:
         """Ask whether to end; the time this screen is up is added to ``paused_s`` (taken out of RTs)."""
         shown = self.core.getTime()
+        recording = self.win.recordFrameIntervals
+        self.win.recordFrameIntervals = False  # flips of this screen are neither trial frames nor drops
         try:
             self._ask_quit()
         finally:
+            self.win.recordFrameIntervals = recording
             self.paused_s += self.core.getTime() - shown
 
     def _ask_quit(self) -> None:
@@ -308,54 +349,86 @@ class _UI:
         self.win.movieFrames = []
         im.save(self.screenshot_dir / f"{name}.png")
 
-    def message(self, text: str, button: str | None = "Continue", min_s: float = 0.0, screenshot: str | None = None) -> None:
-        """A text screen; continues on a click on the button (or Space) once ``min_s`` has passed."""
-        visual, core = self.visual, self.core
-        body = visual.TextStim(self.win, text=text, height=self.text_h, wrapWidth=self.wrap, color="white",
-                               pos=(0, self.h_deg / 2 - 2 * self.text_h), anchorVert="top", alignText="left", autoLog=False)
-        btn_rect = btn_text = None
+    def _text_height_deg(self, stim) -> float:
+        from psychopy.tools.monitorunittools import pix2deg
+
+        if stim._needSetText:  # the layout (and so boundingBox) is otherwise rebuilt only at the next draw
+            stim._setTextShaders(stim.text)
+        return float(pix2deg(stim.boundingBox[1], self.mon))
+
+    def fit_text(self, stim, available_deg: float, what: str) -> None:
+        """Shrink ``stim`` (a TextStim, wrapped at its wrapWidth) until it is at most ``available_deg`` high;
+        refuse (ValueError naming the design keys) when that would take it below ``MIN_TEXT_SCALE``."""
+        for _ in range(6):
+            measured = self._text_height_deg(stim)
+            h = fitted_text_height(stim.height, measured, available_deg, self.text_h)
+            if h is None:
+                raise ValueError(
+                    f"the {what} text needs {measured:.1f} deg of height at {stim.height:.2f} deg per line but only "
+                    f"{available_deg:.1f} deg are free on a {self.w_deg:.1f} x {self.h_deg:.1f} deg screen, even at "
+                    f"{MIN_TEXT_SCALE:.0%} of display.text_deg = {self.text_h}: lower display.text_deg, or check monitor.*")
+            if h == stim.height:
+                return
+            stim.height = h
+
+    def _button(self, label: str, x: float, y: float, w: float | None = None, h: float | None = None):
+        th = self.text_h
+        rect = self.visual.Rect(self.win, width=w or max(8.0, 0.7 * len(label) + 3) * th, height=h or 2.2 * th,
+                                pos=(x, y), fillColor=[-0.4, 0.1, -0.4], lineColor="white", lineWidth=2, autoLog=False)
+        return rect, self.visual.TextStim(self.win, text=label, height=th, pos=(x, y), color="white", autoLog=False)
+
+    def message(self, text: str, button: str | None = "Continue", min_s: float = 0.0, screenshot: str | None = None) -> float:
+        """A text screen; continues on a click on the button (or Space) once ``min_s`` has passed. Text that
+        does not fit above the button is made smaller (or refused, see ``fit_text``)."""
+        top = self.h_deg / 2 - 2 * self.text_h
+        body = self.visual.TextStim(self.win, text=text, height=self.text_h, wrapWidth=self.wrap, color="white",
+                                    pos=(0, top), anchorVert="top", alignText="left", autoLog=False)
+        btn = None
+        bottom = -self.h_deg / 2 + self.text_h
         if button:
-            by = message_button_y(self.h_deg, self.text_h)
-            btn_rect = visual.Rect(self.win, width=max(8.0, 0.7 * len(button) + 3) * self.text_h, height=2.2 * self.text_h,
-                                   pos=(0, by), fillColor=[-0.4, 0.1, -0.4], lineColor="white", lineWidth=2, autoLog=False)
-            btn_text = visual.TextStim(self.win, text=button, height=self.text_h, pos=(0, by), color="white", autoLog=False)
-        clock = core.Clock()
+            btn = self._button(button, 0, message_button_y(self.h_deg, self.text_h))
+            bottom = btn[0].pos[1] + btn[0].height / 2 + self.text_h
+        self.fit_text(body, top - bottom, f"screen '{text.splitlines()[0][:40]}...'")
+        self.win.logOnFlip(f"screen shown: {text.splitlines()[0][:60]}", level=22)  # 22 = logging.EXP
+        return self._wait_for_button(body.draw, btn, min_s, screenshot)
+
+    def _wait_for_button(self, draw, btn, min_s: float, screenshot: str | None) -> float:
+        """Draw a screen until its button (rect, label) is clicked, or Space is pressed, once ``min_s`` has
+        passed (the button is dimmed before). Without a button the screen ends after ``min_s``. Returns the
+        seconds the screen was up."""
+        clock = self.core.Clock()
         min_s *= self.time_scale
         self.event.clearEvents()
-        self.mouse.clickReset()
-        last = 0.0
+        self._reset_clicks()
         sim_clicked = False
         first = True
-        self.win.logOnFlip(f"screen shown: {text.splitlines()[0][:60]}", level=22)  # 22 = logging.EXP
         while True:
             self._check_escape()
             ready = clock.getTime() >= min_s
-            body.draw()
-            if btn_rect is not None:
-                btn_rect.opacity = btn_text.opacity = 1.0 if ready else 0.35
-                btn_rect.draw()
-                btn_text.draw()
+            draw()
+            if btn is not None:
+                btn[0].opacity = btn[1].opacity = 1.0 if ready else 0.35
+                btn[0].draw()
+                btn[1].draw()
             if screenshot:
                 self._shot(screenshot)
-            if btn_rect is None:
+            if btn is None:
                 self.win.flip()
                 if ready:
-                    return
+                    return clock.getTime()
                 continue  # (no button: a timed screen)
             if self.sim is not None and ready and not sim_clicked:
-                self.sim_click(btn_rect.pos[0], btn_rect.pos[1])
+                self.sim_click(btn[0].pos[0], btn[0].pos[1])
                 sim_clicked = True
             self.win.flip()
             if first:
                 self._flush_log()
                 first = False
-            click = self._new_click(last)
-            if click:
-                last = click[0]
-                if ready and btn_rect.contains(*click[1]):
-                    return
+            while (click := self._new_click()) is not None:
+                if ready and btn[0].contains(*click[1]):
+                    return clock.getTime()
             if ready and self.event.getKeys(keyList=["space"]):
-                return
+                return clock.getTime()
 
     # --- a trial ------------------------------------------------------------------------------
     def _chrome(self, n: int) -> dict:
@@ -363,7 +436,7 @@ class _UI:
         if n in self._chrome_cache:
             return self._chrome_cache[n]
         visual, win, th = self.visual, self.win, self.text_h
-        lay = trial_layout(n, self.disp)
+        lay = trial_layout(n, self.disp, self.reference_side)
         grey = [0.3, 0.3, 0.3]
         c = lay.confirm
         ref0, cand0 = lay.rows["reference"][0], lay.rows["candidate"][0]
@@ -377,13 +450,15 @@ class _UI:
             "dots": {side: [visual.Circle(win, radius=0.35 * th, edges=24, fillColor="white", lineColor=None, autoLog=False)
                             for _ in range(3)] for side in ("reference", "candidate")},
             "texts": [
-                visual.TextStim(win, text="Click a row on the right, then the row on the left that shows the same unit.",
+                visual.TextStim(win, text=f"Click a row on the {self.candidate_side}, then the row on the "
+                                f"{self.reference_side} that shows the same unit.",
                                 height=th, pos=(0, lay.title_y), color="white", wrapWidth=0.95 * self.w_deg, autoLog=False),
                 # labels grow outwards from the middle gap, so they never meet even for n = 1
-                visual.TextStim(win, text="reference rows", height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
-                                pos=(ref0.right, ref0.y + ref0.h / 2 + 0.6 * th), anchorHoriz="right", alignText="right"),
-                visual.TextStim(win, text="rows to match", height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
-                                pos=(cand0.left, cand0.y + cand0.h / 2 + 0.6 * th), anchorHoriz="left", alignText="left"),
+                *[visual.TextStim(win, text=label, height=0.7 * th, color=[0.5, 0.5, 0.5], autoLog=False,
+                                  pos=(lay.inner_x(side, 0), r0.y + r0.h / 2 + 0.6 * th),
+                                  anchorHoriz="right" if lay.on_left(side) else "left",
+                                  alignText="right" if lay.on_left(side) else "left")
+                  for side, label, r0 in (("reference", "reference rows", ref0), ("candidate", "rows to match", cand0))],
             ],
             "confirm": visual.Rect(win, width=c.w, height=c.h, pos=(c.x, c.y), fillColor=[-0.4, 0.1, -0.4],
                                    lineColor="white", lineWidth=2, autoLog=False),
@@ -436,49 +511,17 @@ class _UI:
         win.frameIntervals = []
         dropped0 = win.nDroppedFrames
         onset: dict = {}
-        win.callOnFlip(self.mouse.clickReset)
+        win.callOnFlip(self._reset_clicks)
         win.callOnFlip(onset.update, iso=now_iso())
         win.logOnFlip(f"trial {t.trial_index} onset ({t.trial_type}, {t.layer_group}, n={t.n_images})", level=22)  # logging.EXP
-        n_flips = 0
-        last = 0.0
-        btn, btn_text = ch["confirm"], ch["confirm_text"]
-        while True:
-            self._check_escape()
-            if n_flips == 0:  # a pause before onset is not part of the response time
-                paused_at_onset = self.paused_s
-            for s in statics:
-                s.draw()
-            self._draw_pairs(state, ch)
-            btn.opacity = 1.0 if state.complete else 0.3
-            btn_text.opacity = 1.0 if state.complete else 0.4
-            btn.draw()
-            btn_text.draw()
-            if state.complete:
-                self._shot(f"trial_{'catch' if t.is_catch else t.trial_type}")
-            if sim_plan and n_flips > 0:  # one simulated click per frame, after onset
-                kind, row = sim_plan.pop(0)
-                target = lay.confirm if kind == "confirm" else lay.rows[kind][row]
-                self.sim_click(target.x, target.y)
-            win.flip()
-            n_flips += 1
-            if n_flips == 1:
-                self._flush_log()  # the onset line reaches the log file now, not at exit
-            click = self._new_click(last)
-            if not click:
-                continue
-            last = click[0]
-            hit = lay.hit(*click[1])
-            if hit is None:
-                continue
-            kind, row = hit
-            t_click = round(click[0] - (self.paused_s - paused_at_onset), 4)  # time on the screen, pauses excluded
-            if kind == "confirm":
-                if not state.complete:
-                    continue
-                clicks.append([t_click, "confirm", None])
-                break
-            clicks.append([t_click, kind, row])
-            state.click(kind, row)
+        try:
+            self._trial_loop(t, state, clicks, statics, ch, sim_plan)
+        except SessionAborted:
+            win.recordFrameIntervals = False
+            self.aborted_trial = {"trial_index": t.trial_index, "onset": onset.get("iso"), "clicks": clicks,
+                                  "paused_s": round(self.paused_s - self._paused_at_onset, 4)}
+            raise
+        n_flips, paused_at_onset = self._n_flips, self._paused_at_onset
         win.recordFrameIntervals = False
         intervals = [1000 * x for x in win.frameIntervals]
         self.last_n_intervals = len(intervals)
@@ -491,6 +534,51 @@ class _UI:
         if t.is_practice:
             self._feedback(t, state, statics, ch, plan)
         return row
+
+    def _trial_loop(self, t: TrialSpec, state: PairingState, clicks: list, statics, ch: dict, sim_plan) -> None:
+        """Draw the trial and read clicks until Confirm is clicked with all rows paired. Sets ``_n_flips``
+        (frames of the trial) and ``_paused_at_onset`` as it goes, so an Escape mid-trial leaves them right."""
+        win, lay = self.win, ch["layout"]
+        btn, btn_text = ch["confirm"], ch["confirm_text"]
+        self._n_flips = 0
+        self._paused_at_onset = self.paused_s
+        while True:
+            self._check_escape()
+            if self._n_flips == 0:  # a pause before onset is not part of the response time
+                self._paused_at_onset = self.paused_s
+            for s in statics:
+                s.draw()
+            self._draw_pairs(state, ch)
+            btn.opacity = 1.0 if state.complete else 0.3
+            btn_text.opacity = 1.0 if state.complete else 0.4
+            btn.draw()
+            btn_text.draw()
+            if state.complete:
+                self._shot(f"trial_{'catch' if t.is_catch else t.trial_type}")
+            if sim_plan and self._n_flips > 0:  # one simulated click per frame, after onset
+                kind, row = sim_plan.pop(0)
+                target = lay.confirm if kind == "confirm" else lay.rows[kind][row]
+                self.sim_click(target.x, target.y)
+            win.flip()
+            self._n_flips += 1
+            if self._n_flips == 1:
+                self._flush_log()  # the onset line reaches the log file now, not at exit
+            confirmed = False
+            while not confirmed and (click := self._new_click()) is not None:  # every press since the last flip
+                hit = lay.hit(*click[1])
+                if hit is None:
+                    continue
+                kind, row = hit
+                t_click = round(click[0] - (self.paused_s - self._paused_at_onset), 4)  # time on the screen, pauses excluded
+                if kind == "confirm":
+                    if state.complete:
+                        clicks.append([t_click, "confirm", None])
+                        confirmed = True
+                    continue
+                clicks.append([t_click, kind, row])
+                state.click(kind, row)
+            if confirmed:
+                break
 
     def disp_iti(self, plan: SessionPlan) -> float:
         return plan.design["timing"]["iti_s"] * self.time_scale
@@ -506,12 +594,13 @@ class _UI:
             for side, r in (("reference", ref), ("candidate", cand)):
                 frames[side][r].lineColor, frames[side][r].lineWidth = color, 6
             a, b = lay.rows["reference"][ref], lay.rows["candidate"][cand]
-            lines[ref].start, lines[ref].end = (a.right, a.y), (b.left, b.y)
+            ax, bx = lay.inner_x("reference", ref), lay.inner_x("candidate", cand)
+            lines[ref].start, lines[ref].end = (ax, a.y), (bx, b.y)
             lines[ref].lineColor = color
             lines[ref].draw()
-            for side, rect in (("reference", a), ("candidate", b)):
+            for side, x, rect in (("reference", ax, a), ("candidate", bx, b)):
                 d = dots[side][ref]
-                d.pos = (rect.right if side == "reference" else rect.left, rect.y)
+                d.pos = (x, rect.y)
                 d.fillColor = color
                 d.draw()
         if state.selected is not None:
@@ -534,18 +623,23 @@ class _UI:
             if not verdict[i]:
                 a, b = lay.rows["reference"][i], lay.rows["candidate"][cand]
                 ln = ch["answer_lines"][i]
-                ln.start, ln.end = (a.right, a.y + 0.3), (b.left, b.y + 0.3)
+                ln.start, ln.end = (lay.inner_x("reference", i), a.y + 0.3), (lay.inner_x("candidate", cand), b.y + 0.3)
                 answer.append(ln)
-        clock = self.core.Clock()
-        while True:
-            self._check_escape()
+        c = lay.confirm
+        btn = self._button("Continue", c.x, c.y, c.w, c.h)  # where Confirm was: the same click moves on
+        text = ch["feedback"]
+        text.height = self.text_h
+        text.pos, text.anchorVert = (0, lay.title_y - 0.75 * self.text_h), "bottom"  # replaces the title line
+        self.fit_text(text, self.h_deg / 2 - text.pos[1] - 0.2 * self.text_h, "practice feedback")
+
+        def draw() -> None:
             for s in statics:
-                s.draw()
+                if s is not ch["texts"][0]:  # the feedback sentence takes the title's place
+                    s.draw()
             self._draw_pairs(state, ch, verdict=verdict)
             for ln in answer:
                 ln.draw()
-            ch["feedback"].draw()
-            self._shot("practice_feedback")
-            self.win.flip()
-            if clock.getTime() >= plan.design["timing"]["feedback_s"] * self.time_scale:
-                return
+            text.draw()
+
+        # Stays until Continue is clicked (enabled after timing.feedback_s), so the verdict is read.
+        self.last_feedback_s = self._wait_for_button(draw, btn, plan.design["timing"]["feedback_s"], "practice_feedback")

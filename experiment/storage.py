@@ -19,6 +19,7 @@ from contracts.session import (
     SESSION_FILE,
     TRIALS_FILE,
     design_sha256,
+    display_sha256,
     now_iso,
     read_session_info,
     read_trials,
@@ -27,10 +28,24 @@ from contracts.session import (
 )
 from contracts.stimulus_set import StimulusSet
 from experiment.config import Design, design_from_dict
-from experiment.design import TrialSpec, build_trials, derive_seed, score
+from experiment.design import (
+    TrialSpec,
+    build_trials,
+    derive_seed,
+    repetition_report,
+    required_images,
+    score,
+    shared_image_report,
+)
+from experiment.overlap import image_fingerprints, shown_natural_files
 
 # Keys added to the recorded design next to the config tables (not part of the TOML schema).
-DESIGN_EXTRA_KEYS = ("file", "counterbalance", "counterbalance_rule")
+DESIGN_EXTRA_KEYS = ("file", "counterbalance", "counterbalance_rule", "reference_side")
+# Design keys added after sessions were first recorded, with the behaviour those sessions had: a
+# resumed old session regenerates exactly the trial list it started with.
+_OLD_SESSION_DEFAULTS = {"design": {"shared_images": "allow", "participants_planned": 0, "counterbalance": "participant_number"},
+                         "participant": {"fields": []},
+                         "display": {"reference_side": "left"}}
 
 
 class SessionExists(RuntimeError):
@@ -51,6 +66,10 @@ class NothingSaved(ResumeError):
     """--resume of a session that never saved session.json nor a trial: it can simply start."""
 
 
+class CounterbalanceTaken(ValueError):
+    """Another participant of the experiment already has this counterbalance index."""
+
+
 def counterbalance_from_id(participant: str) -> tuple[int, str]:
     """Default counterbalance index: the number at the end of the id (P07 -> 7, sim01 -> 1).
 
@@ -64,6 +83,56 @@ def counterbalance_from_id(participant: str) -> tuple[int, str]:
     return derive_seed("counterbalance", participant) % 1000, "sha256 of the participant id (id has no trailing number)"
 
 
+def used_counterbalance(data_dir: Path, experiment: str) -> dict[int, set[str]]:
+    """Counterbalance index -> participants that have a session of ``experiment`` with it (from their
+    session.json; unreadable ones are skipped: they cannot be resumed either)."""
+    used: dict[int, set[str]] = {}
+    for f in sorted((Path(data_dir) / experiment).glob("sub-*_ses-*/" + SESSION_FILE)):
+        info = _try_read_info(f.parent)
+        if info and isinstance(info.get("design", {}).get("counterbalance"), int):
+            used.setdefault(info["design"]["counterbalance"], set()).add(info["participant"])
+    return used
+
+
+def assign_counterbalance(data_dir: Path, experiment: str, participant: str, design: Design, given: int | None = None,
+                          allow_duplicate: bool = False) -> tuple[int, str]:
+    """The participant's counterbalance index and the rule that chose it (recorded in session.json).
+
+    ``given`` (--counterbalance) is refused when another participant of the experiment has it, unless
+    ``allow_duplicate``. Otherwise ``design.counterbalance``: ``next_free`` gives the participant's
+    own earlier index, else the lowest index no participant has (within ``participants_planned``
+    when set; past it, the least used one); ``participant_number`` the id's trailing number.
+    """
+    used = used_counterbalance(data_dir, experiment)
+    if given is not None:
+        others = sorted(used.get(given, set()) - {participant})
+        if others and not allow_duplicate:
+            raise CounterbalanceTaken(
+                f"counterbalance index {given} is already used by participant(s) {', '.join(others)} of experiment "
+                f"{experiment!r} in {data_dir}: they would see the same units and triplets. Leave --counterbalance out "
+                f"to get the next free index, or pass --allow-duplicate-counterbalance if this is intended")
+        return given, "given with --counterbalance" + (" (duplicate allowed)" if others else "")
+    d = design["design"]
+    if d["counterbalance"] == "participant_number":
+        return counterbalance_from_id(participant)
+    mine = sorted(k for k, ps in used.items() if participant in ps)
+    if mine:
+        return mine[0], "the participant's earlier session"
+    planned = d["participants_planned"]
+    limit = planned or (max(used, default=-1) + 2)
+    free = [k for k in range(limit) if k not in used]
+    if free:
+        return free[0], f"lowest index no participant of the experiment has (data folder {Path(data_dir) / experiment})"
+    k = min(range(planned), key=lambda i: (len(used.get(i, ())), i))
+    return k, f"all {planned} planned indices in use: the least used one"
+
+
+def reference_side(design: Design, counterbalance: int) -> str:
+    """Which side the reference rows are on for this participant (``display.reference_side``)."""
+    side = design["display"]["reference_side"]
+    return side if side != "counterbalanced" else ("left" if counterbalance % 2 == 0 else "right")
+
+
 @dataclass
 class SessionPlan:
     folder: Path
@@ -75,13 +144,23 @@ class SessionPlan:
     set_aside: tuple[Path, ...] = ()  # leftovers of a start that saved no trial, renamed before this one starts
 
 
+def set_fingerprints(design: Design, stimset: StimulusSet) -> dict | None:
+    """sha256 (manifest) and difference hash of every natural image the design can show, for the
+    shared-image rule and its report."""
+    files = list(shown_natural_files(stimset.images, required_images(design)[0]).file)
+    return image_fingerprints(stimset.root, stimset.manifest.get("files", {}), files)
+
+
 def recorded_design(design: Design, counterbalance: int, rule: str) -> dict:
-    return {**design.raw, "file": design.path, "counterbalance": counterbalance, "counterbalance_rule": rule}
+    return {**design.raw, "file": design.path, "counterbalance": counterbalance, "counterbalance_rule": rule,
+            "reference_side": reference_side(design, counterbalance)}
 
 
 def new_session(data_dir: Path, experiment: str, participant: str, session: int, design: Design, stimset: StimulusSet,
-                counterbalance: int | None = None, seed: int | None = None, simulated: str | None = None) -> SessionPlan:
-    """Plan a new session; refuses (SessionExists) when the folder holds anything."""
+                counterbalance: int | None = None, seed: int | None = None, simulated: str | None = None,
+                allow_duplicate_counterbalance: bool = False, participant_info: dict | None = None) -> SessionPlan:
+    """Plan a new session; refuses (SessionExists) when the folder holds anything, and (CounterbalanceTaken)
+    a given counterbalance index another participant has (see ``assign_counterbalance``)."""
     folder = session_dir(data_dir, experiment, participant, session)
     leftovers = _entries(folder)
     set_aside: tuple[Path, ...] = ()
@@ -95,24 +174,29 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
         # recorded, so it starts cleanly; its files are kept under another name (set_aside_leftovers)
         set_aside = tuple(p for p in (folder / SESSION_FILE, folder / (SESSION_FILE + ".tmp"), folder / TRIALS_FILE)
                           if p.exists())
-    if counterbalance is None:
-        counterbalance, rule = counterbalance_from_id(participant)
-    else:
-        rule = "given with --counterbalance"
+    counterbalance, rule = assign_counterbalance(data_dir, experiment, participant, design, counterbalance,
+                                                 allow_duplicate_counterbalance)
     if seed is None:
         seed = derive_seed(design.seed, experiment, participant, session)
-    trials = build_trials(design, stimset.units, stimset.images, counterbalance, seed)
+    fingerprints = set_fingerprints(design, stimset)
+    trials = build_trials(design, stimset.units, stimset.images, counterbalance, seed, fingerprints)
     info = {
-        "experiment": experiment, "participant": participant, "session": session, "mode": "lab", "status": "running",
+        "experiment": experiment, "participant": participant, "session": session, "mode": "lab",
+        "participant_info": participant_info if participant_info is not None else
+        {f: None for f in design["participant"]["fields"]},
+        "status": "running",
         "started": now_iso(), "ended": None,
         "stimulus_set": {"set_id": stimset.set_id, "path": str(stimset.root.resolve()),
                          "manifest_sha256": stimset.manifest_sha256, "random_weights": stimset.random_weights},
         "design": recorded_design(design, counterbalance, rule),
         "design_sha256": design_sha256(design.raw),
+        "display_sha256": display_sha256(design.raw),
         "seed": seed,
         "monitor": {k: design["monitor"][k] for k in ("name", "distance_cm", "width_cm", "resolution")},
         "software": software_versions(["psychopy", "pyglet"]),
         "n_trials_planned": len(trials), "n_trials_completed": 0, "frame_stats": {},
+        "shared_images": shared_image_report(design, stimset.units, stimset.images, fingerprints),
+        "repetition": repetition_report(trials),
         "simulated": simulated,
         "runs": [],
     }
@@ -136,9 +220,13 @@ def resume_session(data_dir: Path, experiment: str, participant: str, session: i
                           f"(manifest sha256 {info['stimulus_set']['manifest_sha256'][:12]}...), not with "
                           f"{stimset.root} (manifest sha256 {stimset.manifest_sha256[:12]}...)")
     rec = info["design"]
-    design = design_from_dict({k: v for k, v in rec.items() if k not in DESIGN_EXTRA_KEYS}, f"{folder / SESSION_FILE} (design)")
+    config = {k: v for k, v in rec.items() if k not in DESIGN_EXTRA_KEYS}
+    for table, keys in _OLD_SESSION_DEFAULTS.items():  # recorded before these keys existed: what was done then
+        config[table] = {**{k: v for k, v in keys.items() if k not in config.get(table, {})}, **config.get(table, {})}
+    design = design_from_dict(config, f"{folder / SESSION_FILE} (design)")
     design = Design(path=rec.get("file", design.path), raw=design.raw)
-    trials = build_trials(design, stimset.units, stimset.images, int(rec["counterbalance"]), int(info["seed"]))
+    trials = build_trials(design, stimset.units, stimset.images, int(rec["counterbalance"]), int(info["seed"]),
+                          set_fingerprints(design, stimset))
     done = _saved_trials(folder)
     check_saved_against_plan(done, trials, folder / TRIALS_FILE)
     info["n_trials_completed"] = len(done)

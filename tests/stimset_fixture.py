@@ -32,6 +32,9 @@ def make_fixture_set(root: Path, collection_dir: Path, units_per_group: int = 4,
     natural = write_builtin_collection(collection_dir, crops_per_photo=8, seed=seed)
     units, images = [], []
     for group, layers in FIXTURE_LAYERS.items():
+        # units of one group never share a crop nor show near duplicates (crops of one photograph look
+        # alike): unit i of a group shows its crops turned by one of the 8 flips/rotations of a square
+        free = list(rng.permutation(len(natural)))
         for i in range(units_per_group):
             layer = layers[i % len(layers)]
             channel = int(rng.integers(0, 256))
@@ -40,7 +43,10 @@ def make_fixture_set(root: Path, collection_dir: Path, units_per_group: int = 4,
                 channel += 1
                 uid = make_unit_id(layer, channel)
             units.append({"unit_id": uid, "group": group, "layer": layer, "channel": channel})
-            picks = rng.choice(len(natural), size=2 * k, replace=False)
+            if len(free) < k:
+                free = list(rng.permutation(len(natural)))  # more units than crops: reuse (tests of sharing)
+            picks = free[:k] + list(rng.choice(len(natural), size=k, replace=False))  # natural_max, natural_min
+            free = free[k:]
             angle, hue, freq = rng.uniform(0, np.pi), rng.uniform(0, 1, 3), rng.uniform(2, 8)
             for kind in ("natural_max", "natural_min", "feature_vis"):
                 for rank in range(k):
@@ -52,6 +58,11 @@ def make_fixture_set(root: Path, collection_dir: Path, units_per_group: int = 4,
                     else:
                         src = natural[picks[rank if kind == "natural_max" else k + rank]]
                         img = Image.open(src).convert("RGB").resize((size, size))
+                        if kind == "natural_max" and i % 8:
+                            img = img.transpose([Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                                 Image.Transpose.ROTATE_270, Image.Transpose.FLIP_LEFT_RIGHT,
+                                                 Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.TRANSPOSE,
+                                                 Image.Transpose.TRANSVERSE][i % 8 - 1])
                         act = (5.0 - 0.2 * rank) if kind == "natural_max" else (-1.0 + 0.1 * rank)
                     img.save(root / rel)
                     images.append({"unit_id": uid, "kind": kind, "rank": rank, "activation": act, "file": rel})

@@ -348,7 +348,7 @@ def test_counterbalance_rule():
 def test_new_session_refuses_existing_and_resume_checks_plan(stimset, tmp_path):
     d = load_design("demo")
     plan = new_session(tmp_path, "exp", "P03", 1, d, stimset, simulated="oracle")
-    assert plan.info["design"]["counterbalance"] == 3 and plan.info["design"]["design"]["seed"] == d.seed
+    assert plan.info["design"]["counterbalance"] == 0 and plan.info["design"]["design"]["seed"] == d.seed
     assert plan.info["simulated"] == "oracle" and plan.info["n_trials_planned"] == len(plan.trials)
     plan.folder.mkdir(parents=True)
     write_session_info(plan.folder, plan.info)
@@ -399,7 +399,7 @@ def test_cli_check_only_and_export(fixture_set, tmp_path, capsys):
                "--check-only", "--export-conditions", str(out), "--no-dialog"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "22 trials (18 main, 2 practice, 2 catch), counterbalance 2" in text
+    assert "22 trials (18 main, 2 practice, 2 catch)" in text and "counterbalance 0" in text
     assert len(list(csv.DictReader(open(out)))) == 22 and not (tmp_path / "d").exists()
     rc = main(["--stimuli", str(fixture_set), "--design", "default", "--participant", "P2", "--check-only", "--no-dialog"])
     assert rc == 2 and "distinct triplets" in capsys.readouterr().err
@@ -456,7 +456,7 @@ def test_dialog_asks_ids_validates_and_offers_resume(fixture_set, tmp_path, monk
     monkeypatch.setattr(psychopy, "gui", fake, raising=False)
     assert main(args) == 4
     assert fake.asked[0][0] == "DlgFromDict" and fake.asked[0][3] == ["participant", "session"]
-    assert ran[-1].folder == tmp_path / "demo" / "sub-P05_ses-02" and ran[-1].info["design"]["counterbalance"] == 5
+    assert ran[-1].folder == tmp_path / "demo" / "sub-P05_ses-02" and ran[-1].info["design"]["counterbalance"] == 0
 
     for answer, msg in (({"participant": "../P05", "session": 1}, "invalid participant id"), (None, "cancelled")):
         fake.answers = [answer]
@@ -504,3 +504,181 @@ def test_spare_images_are_never_shown(stimset):
     for t in build_trials(small, stimset.units, imgs, 0, 4):
         shown = {f for rows in (t.reference_files, t.candidate_files) for row in rows for f in row}
         assert not shown & spare_files
+
+
+@pytest.fixture(scope="module")
+def shared_set(tmp_path_factory):
+    """A 7-unit-per-group set in which early units A and B show the same photograph (B's natural_max_03 is
+    A's natural_max_00) and early units A and C show a near duplicate (C's rank 1 is A's rank 2, one pixel changed)."""
+    import shutil
+
+    from PIL import Image
+
+    from contracts.stimulus_set import write_stimulus_set
+    from stimset_fixture import make_fixture_set
+
+    base = tmp_path_factory.mktemp("shared")
+    root = make_fixture_set(base / "set", base / "coll", units_per_group=7, size=96)
+    s = load_stimulus_set(root)
+    a, b, c = sorted(s.units.loc[s.units.group == "early", "unit_id"])[:3]
+    shutil.copy(root / f"images/{a}/natural_max_00.png", root / f"images/{b}/natural_max_03.png")
+    im = Image.open(root / f"images/{a}/natural_max_02.png").convert("RGB")
+    im.putpixel((0, 0), (255, 0, 0))
+    im.save(root / f"images/{c}/natural_max_01.png")
+    write_stimulus_set(root, s.manifest, s.units, s.images)
+    return root, (a, b, c)
+
+
+def test_units_showing_the_same_photograph_never_share_a_trial(shared_set, tmp_path, capsys):
+    from experiment.cli import main
+    from experiment.overlap import check_trial, image_fingerprints
+
+    root, (a, b, c) = shared_set
+    s = load_stimulus_set(root)
+    toml = tmp_path / "demo_exclude.toml"
+    toml.write_text((ROOT / "experiment/designs/demo.toml").read_text().replace('shared_images = "allow"', 'shared_images = "exclude"'))
+    design = load_design(str(toml))
+    fp = image_fingerprints(root, s.manifest["files"], list(s.images.loc[s.images.kind == "natural_max", "file"]))
+    seen_ab = seen_ac = 0
+    for k in range(12):  # many participants: every window of the study order
+        plan = new_session(tmp_path / "d", "demo", f"P{k}", 1, design, s, counterbalance=k)
+        for t in plan.trials:
+            rows = {u: [f for f in t.reference_files[i]] + list(t.candidate_files[t.candidate_units.index(i)])
+                    for i, u in enumerate(t.units)}
+            assert check_trial(rows, fp, 2) is None, (t.trial_index, rows)
+            seen_ab += {a, b} <= set(t.units)
+            seen_ac += {a, c} <= set(t.units)
+    assert seen_ab == seen_ac == 0
+    rep = plan.info["shared_images"]["early"]
+    assert rep["triplets"] == 35 and rep["excluded"] == 5 + 5 - 1  # triplets with A&B or A&C (A,B,C counted once)
+    assert sorted(tuple(p["units"]) for p in rep["pairs"]) == [(a, b), (a, c)]
+    assert plan.info["shared_images"]["middle"]["excluded"] == 0
+    # the plan printed by --check-only says it
+    assert main(["--stimuli", str(root), "--design", str(toml), "--participant", "P1", "--check-only", "--no-dialog",
+                 "--data-dir", str(tmp_path / "d")]) == 0
+    assert "layer group early: 9 of 35 triplets left out" in capsys.readouterr().out
+    # the shipped demo design allows them (its set has one triplet per group), and the plan warns
+    assert main(["--stimuli", str(root), "--design", "demo", "--participant", "P1", "--check-only", "--no-dialog",
+                 "--data-dir", str(tmp_path / "d")]) == 0
+    assert "early: 9 of 35 triplets have two units showing the same" in capsys.readouterr().err
+
+
+def test_too_few_triplets_without_shared_images_is_refused_with_the_reason(shared_set):
+    root, (a, b, c) = shared_set
+    s = load_stimulus_set(root)
+    from experiment.storage import set_fingerprints
+
+    design = load_design("default")
+    problems = check_set_for_design(design, s.units, s.images, set_fingerprints(design, s))
+    assert any("early" in p and "26 distinct triplets" in p and "same or a near-duplicate photograph" in p for p in problems), problems
+
+
+def _record(data_dir: Path, plan) -> None:
+    """Write a planned session's session.json, as the CLI does before the window opens."""
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    write_session_info(plan.folder, plan.info)
+
+
+def test_counterbalance_indices_are_assigned_in_order_and_not_shared(stimset, tmp_path):
+    from experiment.storage import CounterbalanceTaken
+
+    d = load_design("demo")
+    got = {}
+    for pid in ("P5", "P005", "pilot05", "anna"):  # all "5" under the old trailing-number rule
+        plan = new_session(tmp_path, "exp", pid, 1, d, stimset)
+        _record(tmp_path, plan)
+        got[pid] = (plan.info["design"]["counterbalance"], plan.info["design"]["reference_side"])
+    assert got == {"P5": (0, "left"), "P005": (1, "right"), "pilot05": (2, "left"), "anna": (3, "right")}
+    later = new_session(tmp_path, "exp", "P005", 2, d, stimset)  # a participant's next session keeps the index
+    assert later.info["design"]["counterbalance"] == 1 and "earlier session" in later.info["design"]["counterbalance_rule"]
+    with pytest.raises(CounterbalanceTaken, match="already used by participant.*P005"):
+        new_session(tmp_path, "exp", "P9", 1, d, stimset, counterbalance=1)
+    dup = new_session(tmp_path, "exp", "P9", 1, d, stimset, counterbalance=1, allow_duplicate_counterbalance=True)
+    assert dup.info["design"]["counterbalance"] == 1 and "duplicate allowed" in dup.info["design"]["counterbalance_rule"]
+    assert new_session(tmp_path, "other", "P9", 1, d, stimset, counterbalance=1).info["design"]["counterbalance"] == 1
+
+
+def test_planned_participants_cover_the_triplets_evenly():
+    ids = [f"u{i}" for i in range(7)]
+    order = triplet_study_order(ids, 5, "early")
+    t, planned = 6, 12  # 12 x 6 = 72 triplet uses over 35 triplets: each used 2 or 3 times
+    uses = Counter(tr for k in range(planned) for tr in participant_triplets(order, k, t, planned))
+    assert len(uses) == 35 and max(uses.values()) - min(uses.values()) <= 1
+    # the old rule (consecutive windows) is kept for sessions recorded before participants_planned
+    assert participant_triplets(order, 2, t, 0) == [order[(12 + i) % 35] for i in range(t)]
+    # three participants no longer share most triplets: P01-P03 used to share 55 of 80 (default design)
+    windows = [set(participant_triplets(order, k, t, planned)) for k in range(3)]
+    assert all(not (a & b) for a, b in itertools.combinations(windows, 2))
+
+
+def test_design_hash_leaves_out_the_monitor(stimset, tmp_path):
+    raw = load_design("demo").raw
+    booth2 = design_from_dict({**raw, "monitor": {**raw["monitor"], "distance_cm": 60.0, "name": "booth2"}})
+    a = new_session(tmp_path, "exp", "P1", 1, load_design("demo"), stimset).info
+    b = new_session(tmp_path, "exp", "P2", 1, booth2, stimset).info
+    assert a["design_sha256"] == b["design_sha256"] and a["display_sha256"] != b["display_sha256"]
+    other = design_from_dict({**raw, "design": {**raw["design"], "seed": 8}})
+    assert new_session(tmp_path, "exp", "P3", 1, other, stimset).info["design_sha256"] != a["design_sha256"]
+
+
+def test_sessions_recorded_before_the_new_design_keys_resume_with_their_old_trial_list(stimset, tmp_path):
+    """A session.json written by fvmatch <= session 1.2 lacks shared_images, participants_planned,
+    counterbalance and reference_side: resuming it must rebuild the list it started with."""
+
+    d = load_design("demo")
+    plan = new_session(tmp_path, "exp", "P7", 1, d, stimset)
+    info = json.loads(json.dumps(plan.info))
+    for key in ("shared_images", "participants_planned", "counterbalance"):
+        del info["design"]["design"][key]
+    del info["design"]["display"]["reference_side"]
+    del info["design"]["reference_side"]
+    for k in ("display_sha256", "shared_images"):
+        info.pop(k, None)
+    info["design"]["counterbalance"] = 7
+    old_raw = {t: {k: v for k, v in info["design"][t].items()} for t in ("design", "practice", "catch", "display", "monitor", "timing")}
+    old_raw["design"] = {**old_raw["design"], "shared_images": "allow", "participants_planned": 0, "counterbalance": "participant_number"}
+    old_raw["display"] = {**old_raw["display"], "reference_side": "left"}
+    old_trials = build_trials(design_from_dict(old_raw), stimset.units, stimset.images, 7, info["seed"])
+    plan.folder.mkdir(parents=True)
+    write_session_info(plan.folder, info)
+    resumed = resume_session(tmp_path, "exp", "P7", 1, stimset)
+    assert resumed.trials == old_trials
+
+
+def test_dialog_asks_the_designs_participant_fields_and_records_them(fixture_set, tmp_path, monkeypatch):
+    import psychopy
+
+    import experiment.runner
+    from experiment.cli import main
+
+    ran = []
+    monkeypatch.setattr(experiment.runner, "run_session", lambda plan, stimset, **kw: ran.append(plan) or "running")
+    toml = tmp_path / "fields.toml"
+    toml.write_text((ROOT / "experiment/designs/demo.toml").read_text() + '\n[participant]\nfields = ["age", "handedness"]\n')
+    fake = _FakeGui([{"participant": "P1", "session": 1, "age": " 31 ", "handedness": ""}])
+    monkeypatch.setitem(sys.modules, "psychopy.gui", fake)
+    monkeypatch.setattr(psychopy, "gui", fake, raising=False)
+    main(["--stimuli", str(fixture_set), "--design", str(toml), "--data-dir", str(tmp_path / "d")])
+    assert fake.asked[0][3] == ["participant", "session", "age", "handedness"]
+    assert ran[-1].info["participant_info"] == {"age": "31", "handedness": None}  # optional: empty is unknown
+    main(["--stimuli", str(fixture_set), "--design", str(toml), "--data-dir", str(tmp_path / "d"), "--participant", "P2",
+          "--no-dialog"])
+    assert ran[-1].info["participant_info"] == {"age": None, "handedness": None}
+    with pytest.raises(ConfigError, match="participant.fields"):
+        design_from_dict(cfg(**{"participant.fields": ["session"]}))
+
+
+def test_repetition_report_counts_repeated_images_and_memory_matchable_trials():
+    from experiment.design import TrialSpec, repetition_report
+
+    def trial(i, ref, cand, tt="exemplar"):
+        return TrialSpec(trial_index=i, block=1, is_practice=False, is_catch=False, trial_type=tt, layer_group="early",
+                         n_images=len(ref[0]), units=("a", "b", "c"), layers=("l",) * 3, channels=(0, 1, 2),
+                         candidate_units=(0, 1, 2), reference_files=ref, candidate_files=cand, split_start=0)
+
+    t0 = trial(0, (("a0",), ("b0",), ("c0",)), (("a1",), ("b1",), ("c1",)))
+    t1 = trial(1, (("a0",), ("b2",), ("c2",)), (("a1",), ("b3",), ("c3",)))  # unit a: the same pair as in t0
+    t2 = trial(2, (("a4",), ("b4",), ("c4",)), (("a5",), ("b5",), ("c5",)))  # all new
+    rep = repetition_report([t0, t1, t2])
+    assert rep == {"max_shows": 2, "images_shown": 16, "images_shown_more_than_once": 2, "memory_matchable": 1,
+                   "rows_seen_before": 1, "main_exemplar_trials": 3}

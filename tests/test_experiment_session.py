@@ -123,8 +123,16 @@ def test_simulated_session_files_rows_and_screenshots(fixture_set, tmp_path, dis
     info = read_session_info(folder)
     assert info["status"] == "completed" and info["simulated"] == "noisy:0.8" and info["ended"]
     assert info["n_trials_planned"] == info["n_trials_completed"] == 22
-    assert info["design"]["counterbalance"] == 1 and info["design"]["design"]["name"] == "demo"
+    assert info["design"]["counterbalance"] == 0 and info["design"]["design"]["name"] == "demo"
     assert info["frame_stats"]["frames"] > 0 and info["software"]["psychopy"]
+    # lab records (session 1.3)
+    run = info["runs"][0]
+    assert run["monitor_center"]["loaded"] is False and run["refresh"]["status"] == "not measured"
+    assert run["refresh_measured"] is False and run["refresh"]["expected_hz"] == 60.0
+    assert run["runtime_info"]["openGLVendor"] and "windowGamma" in run["runtime_info"]
+    assert info["design"]["reference_side"] == "left" and len(info["display_sha256"]) == 64
+    assert [b["after_block"] for b in info["breaks"]] == [1] and info["breaks"][0]["duration_s"] >= 0
+    assert info["participant_info"] == {}
 
     with open(folder / "trials.csv") as f:
         assert f.readline().strip().split(",") == list(TRIAL_COLUMNS)
@@ -166,6 +174,23 @@ def test_simulated_session_files_rows_and_screenshots(fixture_set, tmp_path, dis
     if SCREENS.is_dir():
         for p in shots.glob("*.png"):
             shutil.copy(p, SCREENS / p.name)
+
+
+def test_odd_counterbalance_index_puts_the_reference_rows_on_the_right(fixture_set, tmp_path, display_env):
+    shots = tmp_path / "shots"
+    out = run_cli(session_args(fixture_set, tmp_path / "data", "sim07") + ["--counterbalance", "1", "--screenshots", str(shots)],
+                  display_env)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "data" / "demo" / "sub-sim07_ses-01"
+    info = read_session_info(folder)
+    assert info["design"]["counterbalance"] == 1 and info["design"]["reference_side"] == "right"
+    df = read_trials(folder)
+    for _, r in df.iterrows():
+        stim = json.loads(r["stimuli"])
+        assert all(s["x"] > 0 for s in stim if s["side"] == "reference") and all(s["x"] < 0 for s in stim if s["side"] == "candidate")
+    design = info["design"]
+    row = df[(df.trial_type == "exemplar") & (df.is_catch == 0)].iloc[0]
+    check_trial_screenshot(shots / "trial_exemplar.png", row, design["monitor"], fixture_set, design["display"]["pair_colors"])
 
 
 def test_largest_n_fits_the_default_lab_screen(fixture_set, tmp_path, display_env):
@@ -252,6 +277,7 @@ def test_escape_asks_then_ends_cleanly(fixture_set, tmp_path, display_env):
     folder = data / "demo" / "sub-sim03_ses-01"
     info = read_session_info(folder)
     assert info["status"] == "aborted" and info["ended"] and info["n_trials_completed"] == 3
+    assert "aborted_trial" not in info["runs"][-1]  # Escape came between trials (a mid-trial one: test_experiment_screens)
     assert len(read_trials(folder)) == 3
     log = next((folder / "psychopy").glob("*.log")).read_text()
     assert "EmulatedKey" in log  # the abort went through PsychoPy's key handling (Escape, then Y)
@@ -299,7 +325,7 @@ def test_real_psychopy_dialogs_ask_ids_and_offer_resume(fixture_set, tmp_path, d
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "dialog: fvmatch: demo" in out.stdout and "sub-P11_ses-03: 22 trials" in out.stdout
-    assert "counterbalance 11" in out.stdout and "resuming" not in out.stdout
+    assert "counterbalance 0" in out.stdout and "resuming" not in out.stdout
 
     plan = new_session(tmp_path / "data", "demo", "P11", 3, load_design("demo"), load_stimulus_set(fixture_set))
     plan.folder.mkdir(parents=True)
