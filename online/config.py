@@ -26,7 +26,7 @@ class OnlineConfigError(ValueError):
 def load_online_config(path: str | Path | None, overrides: dict | None = None) -> dict:
     """Defaults, then the file's ``[online]`` table, then non-None ``overrides``; validated."""
     cfg = dict(DEFAULTS)
-    where = str(path) if path else "<defaults>"
+    where = str(path) if path else "command line"
     if path:
         try:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))

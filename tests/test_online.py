@@ -17,7 +17,7 @@ import pytest
 from contracts.session import read_session_info, read_trials
 from contracts.stimulus_set import load_stimulus_set
 from experiment.config import load_design
-from experiment.design import build_trials, correct_assignment, derive_seed, write_conditions_csv
+from experiment.design import correct_assignment, derive_seed, write_conditions_csv
 from experiment.storage import new_session
 from online.config import OnlineConfigError, load_online_config
 from online.export import ExportError, design_images, export_study
