@@ -168,5 +168,18 @@ def test_kill_before_the_first_trial_starts_cleanly(fixture_set, tmp_path, displ
         kill(proc)
     assert read_session_info(folder)["n_trials_completed"] == 0 and len(read_trials(folder)) == 0
     out = run_cli(session_args(fixture_set, data, "sim08") + ["--max-trials", "1"], display_env)
-    assert out.returncode == 4 and "starting it cleanly" in out.stderr, out.stderr
-    assert len(read_trials(folder)) == 1 and len(list(folder.glob("session.json.restarted-*"))) == 1
+    assert out.returncode == 2 and "--resume" in out.stderr  # its session.json holds the plan: resume it
+    out = run_cli(session_args(fixture_set, data, "sim08") + ["--max-trials", "1", "--resume"], display_env)
+    assert out.returncode == 4 and "resuming at trial 1" in out.stdout, out.stderr
+    assert len(read_trials(folder)) == 1
+
+
+def test_a_refused_session_leaves_no_folder_behind(tmp_path):
+    folder = tmp_path / "data" / "exp" / "sub-P1_ses-01"
+    with SessionLock(folder):
+        assert folder.is_dir()
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "data" / "exp").mkdir(parents=True)  # folders that were there before stay
+    with SessionLock(folder):
+        pass
+    assert (tmp_path / "data" / "exp").is_dir() and not folder.exists()
