@@ -36,9 +36,12 @@ class SessionLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None
+        self._made: list[Path] = []
         self.taken_over: dict | None = None
 
     def acquire(self) -> "SessionLock":
+        # the folders made here (session, experiment, data root) are removed again on release if still empty
+        self._made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(10):  # the file can be replaced between open and flock: then try the new one
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -74,10 +77,11 @@ class SessionLock:
             return
         try:
             os.unlink(self.path)  # while still holding the lock, so nobody holds a lock on a removed file
-            try:
-                self.folder.rmdir()  # only succeeds when empty: a refused new session leaves nothing behind
-            except OSError:
-                pass
+            for made in self._made:  # rmdir only succeeds when empty: a refused new session leaves nothing behind
+                try:
+                    made.rmdir()
+                except OSError:
+                    break
         except FileNotFoundError:
             pass
         finally:

@@ -168,10 +168,11 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
         info = _try_read_info(folder)
         status = info["status"] if info else ("no session.json" if not (folder / SESSION_FILE).exists()
                                               else "unreadable session.json")
-        if saved_row_count(folder) > 0 or status == "completed":
-            raise SessionExists(folder, _n_saved(folder), status)
-        # killed before its first trial was saved (even during the first session.json write): nothing was
-        # recorded, so it starts cleanly; its files are kept under another name (set_aside_leftovers)
+        if saved_row_count(folder) > 0 or info is not None:
+            raise SessionExists(folder, _n_saved(folder), status)  # a readable session.json: resume it
+        # no readable session.json and no saved trial (e.g. a kill during the first session.json write left
+        # only session.json.tmp): nothing was recorded, so it starts cleanly; its files are kept under
+        # another name (set_aside_leftovers)
         set_aside = tuple(p for p in (folder / SESSION_FILE, folder / (SESSION_FILE + ".tmp"), folder / TRIALS_FILE)
                           if p.exists())
     counterbalance, rule = assign_counterbalance(data_dir, experiment, participant, design, counterbalance,
@@ -288,10 +289,7 @@ def set_aside_leftovers(plan: SessionPlan) -> list[Path]:
 
 
 def _n_saved(folder: Path) -> int:
-    try:
-        return len(read_trials(folder)) if (folder / TRIALS_FILE).is_file() else 0
-    except (ContractError, ValueError):
-        return -1
+    return saved_row_count(folder)
 
 
 def _try_read_info(folder: Path) -> dict | None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contracts.session import TrialLog, read_trials, write_session_info
+from contracts.session import TrialLog, now_iso, read_trials, write_session_info
 from contracts.stimulus_set import load_stimulus_set
 from experiment.config import ConfigError, design_from_dict, load_design, shipped_designs
 from experiment.design import (
@@ -357,7 +357,7 @@ def test_new_session_refuses_existing_and_resume_checks_plan(stimset, tmp_path):
     fr = {"frames": 1, "frames_dropped": 0, "frame_interval_mean_ms": None, "frame_interval_sd_ms": None}
     with TrialLog(plan.folder / "trials.csv") as log:
         for t in plan.trials[:3]:
-            log.append(trial_row(plan, t, [], [[0.5, "confirm", None]], correct_assignment(t.candidate_units), "now", fr))
+            log.append(trial_row(plan, t, [], [[0.5, "confirm", None]], correct_assignment(t.candidate_units), now_iso(), fr))
     with pytest.raises(SessionExists, match="never overwritten"):
         new_session(tmp_path, "exp", "P03", 1, d, stimset)
     resumed = resume_session(tmp_path, "exp", "P03", 1, stimset)
