@@ -220,7 +220,7 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
                                  with_values=not exact_pass, with_hashes=ex.dedupe_hamming >= 0, workers=opts.workers)
         natural = choose_exemplars(lists, None if exact_pass else values, hashes, units, n_needed, ex.dedupe_hamming)
         bottom_ties = _bottom_ties(natural, zero_counts, units, n_seen - len(skipped), ex.relu)
-        if bottom_ties["warning"]:
+        if bottom_ties and bottom_ties["warning"]:
             notes.append(bottom_ties["warning"])
             say(f"WARNING: {bottom_ties['warning']}", file=sys.stderr)
         natural["file"] = [image_relpath(u, k, r) for u, k, r in zip(natural.unit_id, natural.kind, natural["rank"])]

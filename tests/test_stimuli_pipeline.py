@@ -196,10 +196,15 @@ def test_resume_after_a_crash_reuses_the_pass_and_saves_activations(collection, 
     out = tmp_path / "tiny-set"
     args = ["--out", str(out), "--collection", str(collection), "--units-per-group", "1", "--k", "3", "--spares", "1",
             "--fv-per-unit", "0", "--seed", "4", "--save-activations", *SMALL]
-    f16 = cli.main([*args[:1], str(tmp_path / "f16"), *args[2:]])  # random weights: activations ~1e-8
+    f16 = cli.main([*args[:1], str(tmp_path / "f16"), *args[2:]])
     assert f16 == 0
     notes = json.loads((tmp_path / "f16" / "manifest.json").read_text())["notes"]
-    assert any("float16 cannot hold these activations" in n for n in notes)
+    # the recalibrated random network's activations are O(1): float16 holds them
+    assert not any("float16 cannot hold these activations" in n for n in notes)
+    # an untrained network without recalibration underflowed float16 (~1e-8): say so, refuse to re-use
+    saved = np.load(tmp_path / "f16" / "activations.npy")
+    np.save(tmp_path / "f16" / "activations.npy", np.where(np.isnan(saved), saved, 0).astype(np.float16))
+    assert "float16 cannot hold these activations" in P._activation_range_problem(tmp_path / "f16" / "activations.npy")
     capsys.readouterr()
     assert cli.main([*args[:1], str(tmp_path / "x"), *args[2:-len(SMALL)], *SMALL, "--activations-from", str(tmp_path / "f16")]) == 1
     assert "are constant or infinite" in capsys.readouterr().err
