@@ -273,8 +273,10 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
                                                      "p_value"]), f"Fixed effects ({f.scale} scale)."))
         if len(f.random):
             B.append(Block("table", _round(f.random, ["component", "sd", "sd_ci_low", "sd_ci_high", "n_levels"]),
-                           "Random-effect standard deviations (mode of the Laplace marginal posterior; 95% intervals "
-                           "from its curvature on the log-SD scale)." if "sd_ci_low" in f.random else
+                           "Random-effect standard deviations at the mode of their Laplace-approximate marginal posterior "
+                           "(fixed and random effects integrated out); 95% intervals: "
+                           + (f.random.sd_ci_method.iloc[0] if "sd_ci_method" in f.random else "—")
+                           + ". An interval reaching 0: the data cannot tell that SD from 0." if "sd_ci_low" in f.random else
                            "Random-effect standard deviations (point estimates)."))
         if len(f.contrasts):
             B.append(Block("table", f.contrasts.drop(columns=[c for c in ("scale",) if c in f.contrasts]),
