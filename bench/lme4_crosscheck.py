@@ -110,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         for gen in a.generators:
             spec = SimulationSpec.from_design(n_participants=a.participants, generator=gen)
             for seed in a.seeds:
-                rows += compare(spec, seed, a.models, Path(tmp))
+                for model in a.models:  # print as they come: glmer takes minutes per fit
+                    new = compare(spec, seed, [model], Path(tmp))
+                    print(pd.DataFrame(new).to_string(index=False), flush=True)
+                    rows += new
     table = pd.DataFrame(rows)
-    print(_table_md(table))
+    print("\n" + _table_md(table))
     return 0
 
 

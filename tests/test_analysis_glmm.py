@@ -118,3 +118,18 @@ def test_default_fixed_effect_prior_does_not_move_estimates():
     default = fit_trial_glmm(main, ModelOptions(sd_intervals=False)).fixed.set_index("term").estimate
     assert (default - est[1000.0]).abs().max() < 0.04, (default - est[1000.0])
     assert (est[2.0] - est[1000.0]).abs().max() > 0.1  # what the former default did
+
+
+def test_layer_test_uses_the_between_unit_denominator(main_trials):
+    """The layer main effect is tested as F on (df, units - layer groups): the chi-square alone rejected a true
+    null in 8.5% of 200 simulated studies with 10 units per group. Within-unit tests stay chi-square."""
+    from scipy import stats
+
+    fit = fit_trial_glmm(main_trials, ModelOptions(sd_intervals=False))
+    t = fit.tests.set_index("test")
+    lay = t.loc["layer group (main effect)"]
+    assert lay.ddf == fit.n_units - 3 == 21 and lay.F == pytest.approx(lay.chi2 / lay.df)
+    assert lay.p_value == pytest.approx(stats.f.sf(lay.F, lay.df, lay.ddf))
+    assert lay.p_value > stats.chi2.sf(lay.chi2, lay.df)
+    inter = t.loc["trial type x layer group (interaction)"]
+    assert np.isnan(inter.ddf) and inter.p_value == pytest.approx(stats.chi2.sf(inter.chi2, inter.df))
