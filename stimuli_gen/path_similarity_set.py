@@ -175,7 +175,7 @@ def check_at_generation(out: Path, model, units: pd.DataFrame, natural: pd.DataF
     except ValueError as e:  # e.g. k = 1: no upper reference; the rendered set is kept without the check
         say(f"WARNING: path-similarity check skipped: {e}")
         return val, [], {"skipped": str(e)}
-    files = write_outputs(out, result, out.name, model.random_weights, None)
+    files = write_outputs(out, result, out.name, model.random_weights, val)  # the pipeline hashes validation.csv
     val = merge_validation(val, result.summary)
     for line in summary_lines(result):
         say(line)
