@@ -27,7 +27,7 @@ import pandas as pd
 from contracts.common import ContractError, check_schema, sha256_json, read_json, read_table, require_fields, write_json_atomic
 
 SCHEMA = "fvmatch.session"
-SCHEMA_VERSION = "1.2"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s
+SCHEMA_VERSION = "1.3"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3 stimulus_set.manipulation
 SESSION_FILE = "session.json"
 TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"
@@ -76,7 +76,7 @@ SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "status": str,
     "started": str,
     "ended": (str, type(None)),
-    "stimulus_set": dict,  # {"set_id", "path", "manifest_sha256", "random_weights"}
+    "stimulus_set": dict,  # {"set_id", "path", "manifest_sha256", "random_weights", "manipulation" (1.3, optional)}
     "design": dict,  # the design config as used, plus per-participant keys (counterbalance, file path)
     "seed": int,
     "monitor": dict,  # {"name", "distance_cm", "width_cm", "resolution"}

@@ -79,6 +79,7 @@ class SilentBasicConv2d(nn.Module):
         if self.recording:
             raw = (s - self.silent.bias[None, :, None, None]).detach().float().amax(dim=(0, 2, 3))
             self.maxima = raw if self.maxima is None else torch.maximum(self.maxima, raw)
+            return y  # while measuring, no silent filter may change what later blocks see
         return y.index_add(1, self.index, relu(s).to(y.dtype))
 
     def silent_response(self, x: torch.Tensor) -> torch.Tensor:
