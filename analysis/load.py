@@ -34,7 +34,7 @@ class LoadedSessions:
 
     @property
     def stimulus_sets(self) -> list[dict]:
-        keys = ["set_id", "manifest_sha256", "random_weights"]
+        keys = ["set_id", "manifest_sha256", "random_weights", "manipulation"]
         return self.sessions[keys].drop_duplicates().to_dict("records")
 
 
@@ -227,6 +227,7 @@ def load_sessions(
             "n_rows": len(df), "set_id": st["set_id"], "manifest_sha256": st["manifest_sha256"],
             "set_path": st.get("path"),
             "random_weights": bool(st.get("random_weights", False)), "simulated": info["simulated"],
+            "manipulation": (st.get("manipulation") or {}).get("kind"),  # session 1.3; None: original network
             # design_sha256 (session schema 1.1) is the experiment's own fingerprint of the config.
             "design_hash": info.get("design_sha256") or design_fingerprint(info["design"]),
             "design_fingerprint": design_fingerprint(info["design"]), "has_design_sha256": "design_sha256" in info,

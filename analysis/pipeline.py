@@ -180,6 +180,11 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
         B.append(Block("alert", "STIMULI FROM AN UNTRAINED (RANDOM-WEIGHT) NETWORK: stimulus set(s) "
                                 f"{', '.join(rw)}. Units of a random network have no learned features; the stimuli "
                                 "are not meaningful for a study of interpretability."))
+    mp = [f"{x['set_id']} ({x['manipulation']})" for x in prov["stimulus_sets"] if x.get("manipulation")]
+    if mp:
+        B.append(Block("alert", "STIMULI FROM A MANIPULATED NETWORK (a control condition): stimulus set(s) "
+                                f"{', '.join(mp)}. Their feature visualizations were made to mislead while natural "
+                                "exemplars are unchanged; see each set's manifest.json 'manipulation'."))
     ex = excl.summary
     B.append(Block("p", f"{len(s)} session(s) of {s.participant.nunique()} participant(s) from experiment(s) "
                         f"{', '.join(prov['experiments'])}; {ex['n_participants_analysed']} participant(s) and "

@@ -29,7 +29,7 @@ from contracts.common import ContractError, check_schema, sha256_json, read_json
 
 SCHEMA = "fvmatch.session"
 SCHEMA_VERSION = "1.3"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3: mode and online
-# (online sessions), and OPTIONAL_FIELDS_1_3
+# (online sessions), stimulus_set.manipulation, and OPTIONAL_FIELDS_1_3
 # Fields session.json gained in 1.3 (all optional: files written before lack them and still read).
 # design_sha256 leaves out [monitor] since 1.3 (display_sha256 holds the screen's fingerprint).
 OPTIONAL_FIELDS_1_3 = ("mode", "online", "display_sha256", "participant_info", "shared_images", "repetition", "breaks")
@@ -82,7 +82,7 @@ SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "status": str,
     "started": str,
     "ended": (str, type(None)),
-    "stimulus_set": dict,  # {"set_id", "path", "manifest_sha256", "random_weights"}
+    "stimulus_set": dict,  # {"set_id", "path", "manifest_sha256", "random_weights", "manipulation" (1.3, optional)}
     "design": dict,  # the design config as used, plus per-participant keys (counterbalance, file path)
     "seed": int,
     "monitor": dict,  # {"name", "distance_cm", "width_cm", "resolution"}

@@ -41,7 +41,7 @@ from contracts.common import (
 SCHEMA = "fvmatch.stimulus_set"
 SCHEMA_VERSION = "1.1"  # 1.1: content_sha256 of the manifest itself; images.csv column random_weights;
 # feature-visualization search columns, calibration and sampling records (issue 17); the optional
-# path-similarity files (path_similarity.csv, issue 14)
+# path-similarity files (path_similarity.csv, issue 14); optional "manipulation" (issue 15)
 CONTENT_HASH_FIELD = "content_sha256"
 UNCHECKED_WARNING = ("was written before stimulus-set schema 1.1: edits of its manifest.json (e.g. of random_weights) "
                      "cannot be detected")
@@ -66,6 +66,8 @@ MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "software": dict,
     "files": dict,  # relative path -> sha256, for every file of the set but the manifest
 }
+# optional (1.1): a manipulated network (stimuli_gen.manipulate); absent or null for the original
+MANIPULATION_FIELDS: dict[str, type | tuple[type, ...]] = {"kind": str, "units": list, "statement": str}
 WEIGHT_SOURCES = ("pretrained", "file", "random")
 _SET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: "$" would accept a final newline
 
@@ -98,6 +100,12 @@ class StimulusSet:
     @property
     def random_weights(self) -> bool:
         return bool(self.manifest["random_weights"])
+
+    @property
+    def manipulation(self) -> dict | None:
+        """What was manipulated in the network (``stimuli_gen.manipulate``), or None for the original.
+        Sets of version 1.0 have no such field: their networks were not manipulated."""
+        return self.manifest.get("manipulation")
 
     def path(self, relfile: str) -> Path:
         return self.root / relfile
@@ -230,6 +238,11 @@ def load_stimulus_set(root: os.PathLike | str) -> StimulusSet:
         raise ContractError(mpath, f"field 'model.weights.source' must be one of {WEIGHT_SOURCES}")
     if (model["weights"]["source"] == "random") != manifest["random_weights"]:
         raise ContractError(mpath, "field 'random_weights' disagrees with 'model.weights.source'")
+    manip = manifest.get("manipulation")
+    if manip is not None:
+        if not isinstance(manip, dict):
+            raise ContractError(mpath, "field 'manipulation' must be an object or null")
+        require_fields(mpath, manip, MANIPULATION_FIELDS, "manipulation.")
     for group, layers in manifest["layer_groups"].items():
         if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
             raise ContractError(mpath, f"field 'layer_groups.{group}' must be a list of layer names")

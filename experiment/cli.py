@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-duplicate-counterbalance", action="store_true",
                    help="accept a --counterbalance index another participant of the experiment already has")
     p.add_argument("--seed", type=int, help="session seed (default: derived from design seed, experiment, participant, session)")
-    p.add_argument("--simulate", metavar="POLICY", help="simulated participant: random, oracle or noisy:P (correct with probability P)")
+    p.add_argument("--simulate", metavar="POLICY", help="simulated participant: random, oracle, noisy:P (correct with probability P) or features[:LAYER] (image-computable)")
     p.add_argument("--no-dialog", action="store_true", help="never open a dialog (fail instead of asking)")
     p.add_argument("--screenshots", metavar="DIR", help="save screenshots (instructions, one trial per type, feedback, break) to DIR")
     p.add_argument("--no-timing-check", action="store_true",
@@ -254,7 +254,8 @@ def _plan_and_run(args, t0, design, experiment, participant, session, stimset, p
     if policy:
         from experiment.design import derive_seed
 
-        sim = SimulatedParticipant(policy, derive_seed("simulated-participant", plan.info["seed"], plan.start_index))
+        sim = SimulatedParticipant(policy, derive_seed("simulated-participant", plan.info["seed"], plan.start_index),
+                                   stimset_root=stimset.root)
     from experiment.runner import run_session
 
     try:

@@ -505,7 +505,7 @@ class _UI:
         clicks: list = []
         sim_plan = None
         if self.sim is not None and not self.sim_idle:
-            sim_plan = self.sim.click_plan(self.sim.choose_assignment(t.candidate_units, t.is_catch))
+            sim_plan = self.sim.click_plan(self.sim.choose_assignment(t.candidate_units, t.is_catch, trial=t))
         self.event.clearEvents()
         win.recordFrameIntervals = True
         win.frameIntervals = []

@@ -11,12 +11,15 @@ for a person. Policies:
   attentive participant with imperfect discrimination, so catch trials (identical images on both
   sides) are always right; ``random`` models an inattentive one and fails them at chance, which is
   what the analysis's catch-trial exclusion is for.
+* ``features[:LAYER]`` - image-computable (``experiment.image_observer``): matches rows by the
+  similarity of a fixed network's features of the images shown, solved as an assignment.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -28,20 +31,40 @@ _NOISY = re.compile(r"^noisy:(0(\.\d+)?|1(\.0+)?)$")
 
 def parse_policy(text: str) -> str:
     """Validate a policy string; returns it unchanged (it is recorded in session.json as ``simulated``)."""
-    if text in ("random", "oracle") or _NOISY.match(text):
+    from experiment.image_observer import is_feature_policy
+
+    if text in ("random", "oracle") or _NOISY.match(text) or is_feature_policy(text):
         return text
-    raise ValueError(f"invalid --simulate policy {text!r}: use random, oracle or noisy:P with 0 <= P <= 1 (e.g. noisy:0.8)")
+    raise ValueError(f"invalid --simulate policy {text!r}: use random, oracle, noisy:P with 0 <= P <= 1 (e.g. noisy:0.8) "
+                     f"or features[:LAYER] (image-computable, e.g. features:inception3b)")
 
 
 class SimulatedParticipant:
     """Chooses assignments and click sequences; seeded, so a resumed simulation is reproducible."""
 
-    def __init__(self, policy: str, seed: int):
+    def __init__(self, policy: str, seed: int, stimset_root: Path | None = None):
         self.policy = parse_policy(policy)
+        self.root = stimset_root  # the feature observer reads the trial's images from here
+        if self.policy.startswith("features"):
+            from experiment.image_observer import weights_used
+
+            # load torch and the network before PsychoPy opens its window (torch imported into a
+            # running pyglet/GL process crashed it), and say what the observer's network is
+            self.observer_weights = weights_used()
+            if self.observer_weights == "random":
+                print("simulated observer 'features': RANDOM-WEIGHT GoogLeNet (torchvision's pretrained weights are "
+                      "not in its cache); its answers are those of an untrained network.", flush=True)
         self.p = float(policy.split(":")[1]) if policy.startswith("noisy:") else None
         self.rng = np.random.default_rng(seed)
 
-    def choose_assignment(self, candidate_units: tuple[int, ...] | list[int], is_catch: bool = False) -> list[int]:
+    def choose_assignment(self, candidate_units: tuple[int, ...] | list[int], is_catch: bool = False,
+                          trial=None) -> list[int]:
+        if self.policy.startswith("features"):  # image-computable: sees only the trial's images
+            from experiment.image_observer import choose, feature_layer
+
+            if trial is None or self.root is None:
+                raise ValueError("the features observer needs the trial and the stimulus set folder")
+            return choose(self.root, trial.reference_files, trial.candidate_files, feature_layer(self.policy))
         right = correct_assignment(candidate_units)
         if self.policy == "oracle" or (is_catch and self.policy != "random"):
             return right

@@ -35,7 +35,7 @@ OVERRIDES = {
     "--out": ("run.out", str, "output folder of the stimulus set (its name is the set id)"),
     "--collection": ("collection.source", str, "'builtin', a folder of images (tree or flat), or a text file of paths"),
     "--model": ("model.name", str, "torchvision_googlenet (default) or lucid_inceptionv1"),
-    "--weights": ("model.weights", str, "pretrained (default), random, auto (pretrained if cached, else random; demo only), or PATH to a state dict"),
+    "--weights": ("model.weights", str, "pretrained (default), random, auto (pretrained if cached, else random; demo only), or PATH to a state dict or to a manipulated-model folder (python -m stimuli_gen.manipulate.cli)"),
     "--device": ("run.device", str, "auto (default), cpu, cuda, cuda:N"),
     "--seed": ("run.seed", int, "seed for unit sampling, random weights and rendering (default 0)"),
     "--units-per-group": ("units.per_group", int, "units sampled per layer group (default 10)"),

@@ -228,20 +228,47 @@ def check_existing_set(root: os.PathLike | str, opts: CheckOptions, device: str 
 
 
 def _load_set_model(manifest: dict, weights: str | None):
-    """The set's network with the weights the manifest names (sha256 checked), or ``weights`` when given."""
+    """The set's network with the weights the manifest names (sha256 checked), or ``weights`` when given: a
+    manipulated set's own manipulated model, and a random network recalibrated exactly as generation did."""
     import warnings
 
-    from stimuli_gen.models import load_model
+    from stimuli_gen.manipulate.store import load_any
 
     name, w = manifest["model"]["name"], manifest["model"]["weights"]
-    source = weights or {"random": "random", "pretrained": "pretrained"}.get(w["source"], w.get("identity"))
+    manipulation = manifest.get("manipulation")
+    source = weights or (manipulation["folder"] if manipulation else
+                         {"random": "random", "pretrained": "pretrained"}.get(w["source"], w.get("identity")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = load_model(name, source, seed=w.get("seed") or 0)
+        model = load_any(name, source, seed=w.get("seed") or 0)
     if w.get("sha256") and model.weights.get("sha256") != w["sha256"]:
         raise ValueError(f"weights {source}: sha256 {model.weights.get('sha256')} differs from the set's "
                          f"{w['sha256']}; pass --weights PATH to the file the set was made with")
+    if w.get("calibration") and not manipulation:
+        _recalibrate_as_generated(model, manifest)
     return model
+
+
+def _recalibrate_as_generated(model, manifest: dict) -> None:
+    """Random torchvision weights were recalibrated on the collection at generation (random_net.py); the check
+    must see that network, so the same images are used again. Without the collection it cannot: say so."""
+    from stimuli_gen.collection import Preprocess, list_collection
+    from stimuli_gen.random_net import calibrate_on_collection
+
+    col = manifest["parameters"]["collection"]
+    cal = manifest["model"]["weights"]["calibration"]
+    try:
+        paths, _ = list_collection(col["source"])
+    except (OSError, ValueError) as e:
+        raise ValueError(f"the set's random network was recalibrated on its collection {col['source']}, which cannot "
+                         f"be read here ({e}); run the check where the collection is, or pass --weights") from None
+    fields = set(Preprocess.__dataclass_fields__)
+    kw = {k: v for k, v in col["preprocess"].items() if k in fields}
+    pp = Preprocess(**{**kw, "background": tuple(kw.get("background", Preprocess().background))})
+    record = calibrate_on_collection(model, paths, pp, size=cal["size"])
+    if record is None or record["image_indices"] != cal["image_indices"]:
+        raise ValueError(f"the collection {col['source']} is not the one the set's random network was recalibrated "
+                         "on (other calibration images); run the check on the original collection")
 
 
 def print_summary(result: CheckResult, root: Path) -> None:

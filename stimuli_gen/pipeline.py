@@ -27,7 +27,8 @@ from stimuli_gen.config import GeneratorConfig
 from stimuli_gen.exemplars import (POST_TIE_RULE, PassOptions, choose_exemplars, lists_from_activations, pass_fingerprint, rescore,
                                    run_pass, write_crops)
 from stimuli_gen.models import (DEFAULT_LAYER_GROUPS, RANDOM_WEIGHTS_WARNING, RELU_MODES, TORCHVISION_WEIGHTS_FILE,
-                                LoadedModel, load_model)
+                                LoadedModel)
+from stimuli_gen.manipulate.store import load_any
 from stimuli_gen.safety import check_output_folder, exemplar_overlap_note
 from stimuli_gen.topk import EMPTY_INDEX
 from stimuli_gen.units import SAMPLING_RULES, parse_unit_list, read_unit_file, sample_units
@@ -145,18 +146,21 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-weights warning is printed below, louder
-        model = load_model(cfg.model.name, weights, seed=cfg.run.seed, device="cpu")
+        model = load_any(cfg.model.name, weights, seed=cfg.run.seed, device="cpu")  # a manipulated-model folder too
     groups = _layer_groups(cfg, model)
     model.layer_groups = groups
     units = _units(cfg, model, groups)
-    notes = []
+    manipulation = getattr(model, "manipulation", None)
+    notes = [manipulation["statement"]] if manipulation else []
+    if manipulation:
+        say(f"{RANDOM_BANNER}\n{manipulation['statement']}\n{RANDOM_BANNER}", file=sys.stderr)
     if model.random_weights:
         notes.append(RANDOM_WEIGHTS_WARNING)
         if weights_note:
             notes.append(weights_note)
         say(f"{RANDOM_BANNER}\n{' '.join(notes)}\n{RANDOM_BANNER}", file=sys.stderr)
     pp = Preprocess(resize=col.resize, crop=col.crop, min_side=col.min_side, background=tuple(col.background))
-    if model.random_weights:
+    if model.random_weights and not manipulation:  # a manipulated model was calibrated before it was manipulated
         from stimuli_gen.random_net import calibrate_on_collection
 
         calibration = calibrate_on_collection(model, paths, pp)
@@ -301,7 +305,7 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         "device": str(device),
     }
     manifest = {"set_id": out.name, "model": {"name": model.name, "weights": model.weights},
-                "random_weights": model.random_weights, "layer_groups": groups, "parameters": parameters,
+                "random_weights": model.random_weights, "manipulation": manipulation, "layer_groups": groups, "parameters": parameters,
                 "seeds": seeds, "software": software_versions(["torch", "torchvision", "scikit-image", "pillow"]),
                 "notes": notes, "extra_files": extra}
     write_stimulus_set(out, manifest, units, images)

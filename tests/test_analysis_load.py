@@ -33,7 +33,8 @@ def test_loads_folder_and_list_of_sessions(sessions):
     c = load_sessions([folders[0] / "session.json", folders[1] / "trials.csv"])
     assert len(a.trials) == len(b.trials) == 3 * (18 + 2 + 2)
     assert len(c.sessions) == 2
-    assert a.stimulus_sets == [{"set_id": "sim-random-weights", "manifest_sha256": "0" * 64, "random_weights": True}]
+    assert a.stimulus_sets == [{"set_id": "sim-random-weights", "manifest_sha256": "0" * 64, "random_weights": True,
+                              "manipulation": None}]
     assert set(a.trials.n_correct) <= {0, 1, 3} and a.warnings == []
 
 
