@@ -207,6 +207,11 @@ def test_generation_runs_the_check_after_rendering(builtin_collection, tmp_path)
     assert set(t.unit_id) == set(s.units.unit_id) and t.rho_fv.notna().all()
     assert "path_similarity_flag" in pd.read_csv(out / "validation.csv").columns
     assert json.loads((out / "manifest.json").read_text())["parameters"]["config"]["path_similarity"]["n_unrelated"] == 5
+    # the standalone check sees the network generation used (random weights recalibrated on the same images):
+    # it reproduces the table written at generation (up to the saved PNGs' 8-bit rounding of the visualizations)
+    assert cli.main(["--path-similarity", str(out), "--similarity-unrelated", "5", "--no-progress", "--device", "cpu"]) == 0
+    again = pd.read_csv(out / "path_similarity.csv")
+    pd.testing.assert_frame_equal(again, t, check_exact=False, atol=1e-3, rtol=0)
 
 
 def test_report_stimulus_section_shows_the_check(small_set, tmp_path):
