@@ -30,3 +30,4 @@ echo "== 3/3 analysis -> $RESULTS"
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"
 echo "report: $RESULTS/report.html  (also report.md, tables *.csv, figures/)"
+echo "stimulus check: $STIMULI/path_similarity.md (are the feature visualizations processed like natural images?)"
