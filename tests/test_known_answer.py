@@ -3,8 +3,11 @@
 A torchvision GoogLeNet (random weights, seed 0) with inception3a channels 0-3 wired to 7x7 Gabors at
 0/45/90/135 degrees and channel 4 to an isoluminant red-green Gabor (``stimuli_gen.known_answer``). Their
 FVs must show the filter (dominant gradient orientation, colour) and every FV must beat every
-natural image of the built-in collection. The published fixed diversity weight (100) fails this;
-the default recipe (diversity weight searched per unit) passes.
+natural image of the built-in collection. The published fixed diversity weight (100) fails this,
+and so, as measured, does the default recipe (diversity weight searched per unit): both rendering
+tests are slow; the fixed-weight one asserts the miss, the searched one is a strict xfail (its reason
+holds the measurement). The wiring and the
+measures are checked in the fast tests.
 
 Small and fast: 64 px, transforms scaled down with the image (pad 4, jitters 4 and 2), 2 FVs per
 unit, the network runs only to inception3a.
@@ -107,6 +110,12 @@ def test_wired_units_respond_to_their_filter_and_nothing_else(wired):
         assert a[0] > 0.5 and a[0] > 5 * a[1], a
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured on the CPU (2026-12-02): the searched recipe (64 steps, 64 px, 2 FVs, search_ratio 2) left 6 "
+    "problems, first 'inception3a_c0000 FV 0: orientation 23 deg, Gabor 0'. Beating the best natural image "
+    "does not keep an FV at the filter's orientation at the largest passing diversity weight; the recipe "
+    "needs a stricter criterion (issue 17, open). strict: this turns red once a recipe passes"))
 def test_default_recipe_shows_the_filter_and_beats_every_natural_image(wired, tmp_path):
     rows = render(wired, tmp_path, "fvmatch", search_ratio=2.0)  # a coarser bisection: fewer optimizations
     assert failures(wired, rows, tmp_path) == []
