@@ -16,7 +16,7 @@ def no_work(monkeypatch):
     """Every refusal here happens before the network is even loaded."""
     import stimuli_gen.pipeline as P
 
-    monkeypatch.setattr(P, "load_model", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(P, "load_any", lambda *a, **k: pytest.fail("work started"))
 
 
 @pytest.fixture
