@@ -9,6 +9,7 @@ files and ``study.json``. Images get content-hash names so that URLs do not reve
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import shutil
 from pathlib import Path
@@ -67,7 +68,8 @@ def design_images(design: Design, stimset: StimulusSet) -> list[str]:
 
 
 def copy_checked(stimset: StimulusSet, rels: list[str], out: Path) -> dict[str, dict]:
-    """Copy each file to img/<sha256[:20]>.png after checking it against the manifest. Raises naming the file."""
+    """Copy each file to img/<sha256[:20]>.png (and to stimuli/<its set path>) after checking it against the
+    manifest. Raises naming the file."""
     listed = stimset.manifest["files"]
     (out / "img").mkdir(parents=True, exist_ok=True)
     entries = {}
@@ -85,6 +87,14 @@ def copy_checked(stimset: StimulusSet, rels: list[str], out: Path) -> dict[str, 
                               "the stimulus set changed since it was made")
         url = f"img/{digest[:20]}.png"
         (out / url).write_bytes(data)
+        # also under its set path in stimuli/ (never served): the server plans trials with the lab's design code,
+        # which reads the shown images themselves (identical and near-duplicate photographs, experiment/overlap.py)
+        inset = out / "stimuli" / rel
+        inset.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(out / url, inset)  # same bytes: a hard link where the file system allows it
+        except OSError:
+            inset.write_bytes(data)
         entries[rel] = {"url": url, "sha256": digest}
     return entries
 
