@@ -122,6 +122,7 @@ def run_session(plan: SessionPlan, stimset: StimulusSet, sim: SimulatedParticipa
     ui = _UI(win, mon, disp, sim, screenshot_dir, sim_escape_after,
              reference_side=plan.info["design"].get("reference_side", "left"))
     ui.sim_hang_after = sim_hang_after
+    ui.sim_idle = sim_hang_after is not None and sim_hang_after <= 0  # 0: idle from the first trial on
     status = "running"
     totals = {"trials": 0, "frames": 0, "frames_dropped": 0, "intervals": 0, "intervals_ms_sum": 0.0}  # this run
     try:
