@@ -231,6 +231,11 @@ def _plan_and_run(args, t0, design, experiment, participant, session, stimset, p
             print(f"fvmatch-session: WARNING: layer group {g}: {r['with_shared']} of {r['triplets']} triplets have two "
                   f"units showing the same or a near-duplicate photograph, and design.shared_images = 'allow' lets "
                   f"them into trials", file=sys.stderr)
+    pu = info.get("practice_units")
+    if pu and pu.get("units"):
+        print("  practice units (never in main trials): " + "; ".join(f"{g}: {', '.join(us)}" for g, us in pu["units"].items()))
+    elif pu and any(t.is_practice for t in plan.trials):
+        print("  practice trials show main units (design.practice_units = 'main'): their feedback reveals main triplets")
     rep = info.get("repetition")
     if rep:
         print(f"  repetition: an image is shown up to {rep['max_shows']} times ({rep['images_shown_more_than_once']} of "

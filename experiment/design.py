@@ -27,6 +27,12 @@ Rules (each documented where it is implemented):
   the shown ranks never appear in one trial: with ``design.shared_images = "exclude"`` (default)
   every triplet containing such a pair is left out of the study order, and every built trial is
   checked again (``experiment.overlap``). ``shared_image_report`` says how many were left out.
+* **Practice units.** With ``design.practice_units = "reserved"`` (default) each layer group with
+  practice trials reserves 3 units (``reserved_practice_units``: a seeded rule, the same for every
+  participant); its practice trials all show that triplet (rows, images and sides drawn per trial),
+  and main and catch trials use only the other units, so practice feedback reveals nothing about
+  the main trials. ``"main"``: practice trials take triplets from the participant's window like the
+  main trials (sessions recorded before the key existed).
 * **Catch trials** are exemplar trials whose candidate rows show exactly the reference images
   (trivial matches, an attention check).
 * Images within a row are shown in random order on both sides.
@@ -113,6 +119,83 @@ def triplets_needed(design: Design) -> dict[str, int]:
     return need
 
 
+def practice_trials_per_group(design: Design) -> dict[str, int]:
+    """Practice trials in each layer group (they cycle through the groups, see build_trials)."""
+    groups = design["design"]["layer_groups"]
+    out = {g: 0 for g in groups}
+    for i in range(design["practice"]["trials"]):
+        out[groups[i % len(groups)]] += 1
+    return out
+
+
+def reserves_practice_units(design: Design) -> bool:
+    return design["design"]["practice_units"] == "reserved" and design["practice"]["trials"] > 0
+
+
+def main_triplets_needed(design: Design) -> dict[str, int]:
+    """Triplets a participant takes from each group's study order: all trials of the group, but the
+    practice trials when they use reserved units (``design.practice_units = "reserved"``)."""
+    need = triplets_needed(design)
+    if reserves_practice_units(design):
+        for g, n in practice_trials_per_group(design).items():
+            need[g] -= n
+    return need
+
+
+def units_per_group_needed(design: Design) -> int:
+    """Units per layer group a set needs for this design, ignoring the shared-image exclusion: enough
+    main units for the triplets a participant takes (each used at most ``max_triplet_uses`` times),
+    plus the 3 reserved practice units."""
+    t = max(main_triplets_needed(design).values())
+    m = 3
+    while m * (m - 1) * (m - 2) // 6 * design["design"]["max_triplet_uses"] < t:
+        m += 1
+    return m + (PRACTICE_UNITS_PER_GROUP if reserves_practice_units(design) else 0)
+
+
+PRACTICE_UNITS_PER_GROUP = 3  # one triplet: a group's practice trials all show it (rows, images and sides re-drawn)
+
+
+def reserved_practice_units(design: Design, units: pd.DataFrame,
+                            excluded: dict[str, list[tuple]] | None = None) -> dict[str, list[str]]:
+    """Per layer group with practice trials, the 3 units reserved for practice (they never appear in
+    main or catch trials); empty when ``design.practice_units = "main"``.
+
+    Rule (the same for every participant of a design): the group's unit ids in a random order seeded
+    by ``(design.seed, "practice-units", group)``; the reserved units are the first triplet, in the
+    order of ``itertools.combinations`` over that list, that holds no ``excluded`` pair (two units
+    showing the same photograph). A group with fewer than 4 units or no such triplet reserves none
+    (``check_set_for_design`` reports it).
+    """
+    if not reserves_practice_units(design):
+        return {}
+    excluded = excluded or {}
+    out = {}
+    for g, n in practice_trials_per_group(design).items():
+        if not n:
+            continue
+        ids = sorted(units.loc[units.group == g, "unit_id"])
+        rng = np.random.default_rng(derive_seed("practice-units", design["design"]["seed"], g))
+        shuffled = [ids[i] for i in rng.permutation(len(ids))]
+        bad = {frozenset(p[:2]) for p in excluded.get(g, [])}
+        for c in itertools.combinations(shuffled, PRACTICE_UNITS_PER_GROUP):
+            if len(ids) > PRACTICE_UNITS_PER_GROUP and not any(frozenset(q) in bad for q in itertools.combinations(c, 2)):
+                out[g] = sorted(c)
+                break
+    return out
+
+
+def main_units(units: pd.DataFrame, reserved: dict[str, list[str]]) -> pd.DataFrame:
+    """The units main and catch trials may use: all but the reserved practice units."""
+    taken = {u for us in reserved.values() for u in us}
+    return units[~units.unit_id.isin(taken)]
+
+
+PRACTICE_RULE = ("per layer group with practice trials, 3 units reserved for practice: the first triplet (no two "
+                 "units sharing a photograph) of the group's unit ids in an order seeded by design.seed; they never "
+                 "appear in main or catch trials")
+
+
 def usable_images(images: pd.DataFrame) -> pd.DataFrame:
     """Images a trial may show: rows marked ``spare = 1`` (an optional column, written by stimuli_gen for
     exemplars beyond k kept in reserve) are never shown."""
@@ -152,8 +235,10 @@ def shared_image_report(design: Design, units: pd.DataFrame, images: pd.DataFram
     and how many were excluded for it (``excluded``: 0 when the design allows them), and the pairs why."""
     out = {}
     exclude = design["design"]["shared_images"] == "exclude"
-    for g, pairs in shared_pairs(design, units, images, fingerprints).items():
-        ids = sorted(units.loc[units.group == g, "unit_id"])
+    shared = shared_pairs(design, units, images, fingerprints)
+    units = main_units(units, reserved_practice_units(design, units, excluded_pairs(design, units, images, fingerprints)))
+    for g, pairs in shared.items():
+        ids = sorted(units.loc[units.group == g, "unit_id"])  # main units: the triplets of the study order
         n_all = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
         n_shared = n_all - len(_allowed_triplets(ids, pairs))
         out[g] = {"triplets": n_all, "with_shared": n_shared, "excluded": n_shared if exclude else 0,
@@ -169,24 +254,44 @@ def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFra
     images = usable_images(images)
     problems = []
     k_nat, k_fv = required_images(design)
-    need = triplets_needed(design)
+    need = main_triplets_needed(design)
     max_uses = design["design"]["max_triplet_uses"]
     pairs = excluded_pairs(design, units, images, fingerprints)
+    reserved = reserved_practice_units(design, units, pairs)
+    for g, n_practice in practice_trials_per_group(design).items():
+        if reserves_practice_units(design) and n_practice and g not in reserved:
+            n_units = int((units.group == g).sum())
+            problems.append(
+                f"layer group {g!r}: {n_units} unit(s) in the set, too few to reserve {PRACTICE_UNITS_PER_GROUP} "
+                f"practice units (that never appear in main trials) apart from the main trials' units"
+                + (" (every candidate triplet has two units sharing a photograph)" if n_units > PRACTICE_UNITS_PER_GROUP else "")
+                + f": this design needs at least {units_per_group_needed(design)} units per layer group (generate the set "
+                f"with --units-per-group {units_per_group_needed(design)}), or set design.practice_units = \"main\" to "
+                f"practise on the main units")
+    main = main_units(units, reserved)
     for g, t in need.items():
-        ids = sorted(units.loc[units.group == g, "unit_id"])
+        ids = sorted(main.loc[main.group == g, "unit_id"])
         if len(ids) < 3:
-            problems.append(f"layer group {g!r}: {len(ids)} unit(s) in the set, a trial needs 3")
+            problems.append(f"layer group {g!r}: {len(ids)} unit(s) in the set" + (
+                f" besides the {PRACTICE_UNITS_PER_GROUP} reserved practice units {', '.join(reserved[g])}, a trial needs 3: "
+                f"this design needs at least {units_per_group_needed(design)} units per layer group (generate the set with "
+                f"--units-per-group {units_per_group_needed(design)}), or set design.practice_units = \"main\" to practise "
+                f"on the main units" if g in reserved else ", a trial needs 3"))
             continue
         n_all = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
         n_trip = len(_allowed_triplets(ids, pairs[g]))
         shared = (f" ({n_all - n_trip} of {n_all} left out because two of their units show the same or a "
                   f"near-duplicate photograph, e.g. {pairs[g][0][2]} and {pairs[g][0][3]})") if n_trip < n_all else ""
         if n_trip * max_uses < t:
+            practice = (f" besides the {PRACTICE_UNITS_PER_GROUP} reserved practice units {', '.join(reserved[g])}"
+                        if g in reserved else "")
             problems.append(
-                f"layer group {g!r}: {len(ids)} units give {n_trip} distinct triplets{shared}, but a participant has {t} "
-                f"trials in this group and design.max_triplet_uses = {max_uses}: add units to the set, reduce the "
-                f"trials, or allow repeats")
-        for uid in ids:
+                f"layer group {g!r}: {len(ids)} units{practice} give {n_trip} distinct triplets{shared}, but a participant has "
+                f"{t} main and catch trials in this group and design.max_triplet_uses = {max_uses}: add units to the set "
+                f"(this design needs at least {units_per_group_needed(design)} units per layer group), reduce the trials, "
+                f"or allow repeats" + (" (or set design.practice_units = \"main\")" if g in reserved else ""))
+    for g in need:
+        for uid in sorted(units.loc[units.group == g, "unit_id"]):
             nat = set(images.loc[(images.unit_id == uid) & (images.kind == KIND_NATURAL), "rank"])
             missing = [r for r in range(k_nat) if r not in nat]
             if missing:
@@ -317,15 +422,19 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
     plan = plan_practice + [t for block in blocks for t in block]
 
     # Triplets: the participant's window of the study order, randomly assigned to that group's trials.
-    need = triplets_needed(design)
+    # With reserved practice units, practice trials show the group's reserved triplet and the window
+    # holds only main and catch trials (main_triplets_needed); otherwise practice draws from the window.
+    need = main_triplets_needed(design)
     pairs = excluded_pairs(design, units, images, fingerprints)
+    reserved = reserved_practice_units(design, units, pairs)
+    main = main_units(units, reserved)
     pools: dict[str, list] = {}
     for g in groups:
-        ids = list(units.loc[units.group == g, "unit_id"])
+        ids = list(main.loc[main.group == g, "unit_id"])
         window = participant_triplets(triplet_study_order(ids, d["seed"], g, pairs[g]), counterbalance, need[g],
                                       d["participants_planned"])
         pools[g] = [window[i] for i in rng.permutation(len(window))]
-    assert all(sum(1 for t in plan if t[2] == g) == need[g] for g in groups)
+    assert all(sum(1 for t in plan if t[2] == g and not (t[0] == "practice" and reserved)) == need[g] for g in groups)
 
     unit_info = units.set_index("unit_id")
     files: dict[tuple[str, str], dict[int, str]] = {}
@@ -334,7 +443,7 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
 
     trials = []
     for idx, (kind, tt, g, n, block) in enumerate(plan):
-        triplet = list(pools[g].pop())
+        triplet = list(reserved[g]) if kind == "practice" and reserved else list(pools[g].pop())
         row_units = [triplet[i] for i in rng.permutation(3)]
         cand_perm = tuple(int(x) for x in rng.permutation(3))
         s = int(rng.integers(0, 2))
