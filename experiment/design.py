@@ -21,6 +21,12 @@ Rules (each documented where it is implemented):
   {0, 1} drawn per trial. Both sides get equally strong exemplars on average (rank sums differ by at
   most 1). Feature-visualization and catch trials use the same reference ranks, so the reference
   side has the same statistics in every trial type.
+* **Fresh exemplars** (``design.exemplar_ranks = "fresh"``; default ``"top"`` is the rule above):
+  each trial takes, per unit, the n rank pairs of its whole top-k that this participant has seen
+  least (ties: the more activating), split ABBA as above. Until a unit's top-k is used up no
+  natural image of it is shown twice, so no row pair can be matched from memory of an earlier
+  trial; the plan's repetition report shows how far the set's k goes. Shared images are then checked
+  over all ranks a trial may show (``natural_depth``).
 * **Feature visualizations.** n of the unit's visualizations, a seeded random choice
   (``design.fv_source = "random"``) or ranks 0..n-1 (``"first"``).
 * **Shared images.** Two units of a group that show the same photograph (or a near duplicate) in
@@ -204,13 +210,38 @@ def usable_images(images: pd.DataFrame) -> pd.DataFrame:
     return images
 
 
+def least_shown_pairs(uses: list[int], n: int) -> list[int]:
+    """``design.exemplar_ranks = "fresh"``: the n rank pairs of a unit shown least so far to this
+    participant (``uses[p]``: times pair p was shown), ties to the more activating pair; in rank order."""
+    return sorted(sorted(range(len(uses)), key=lambda p: (uses[p], p))[:n])
+
+
+def _full_pairs(ranks: dict[int, str]) -> int:
+    """Rank pairs (0,1), (2,3), ... a unit has without a gap."""
+    p = 0
+    while 2 * p in ranks and 2 * p + 1 in ranks:
+        p += 1
+    return p
+
+
+def natural_depth(design: Design, images: pd.DataFrame) -> int:
+    """How many natural_max ranks (0..depth-1) a trial of this design may show: the top 2n for the
+    largest n, or with ``design.exemplar_ranks = "fresh"`` every full rank pair a unit of the set has."""
+    k_nat, _ = required_images(design)
+    if design["design"]["exemplar_ranks"] != "fresh":
+        return k_nat
+    nat = usable_images(images)
+    nat = nat[nat.kind == KIND_NATURAL]
+    return max(k_nat, 2 * (int(pd.to_numeric(nat["rank"]).max() + 1) // 2) if len(nat) else 0)
+
+
 def shared_pairs(design: Design, units: pd.DataFrame, images: pd.DataFrame,
                  fingerprints: dict | None) -> dict[str, list[tuple[str, str, str, str]]]:
     """Per group, the unit pairs that show the same or a near-duplicate image in the shown ranks
     (``experiment.overlap``); none without fingerprints."""
     if fingerprints is None:
         return {g: [] for g in design["design"]["layer_groups"]}
-    k_nat, _ = required_images(design)
+    k_nat = natural_depth(design, images)
     pairs = conflicting_pairs(units, usable_images(images), k_nat, fingerprints, design["design"]["near_duplicate_bits"])
     return {g: pairs.get(g, []) for g in design["design"]["layer_groups"]}
 
@@ -368,11 +399,12 @@ def participant_triplets(order: list[tuple[str, str, str]], counterbalance: int,
 # The trial list
 
 
-def abba_split(n: int, s: int) -> tuple[list[int], list[int]]:
-    """Reference and candidate natural_max ranks for n images per side (see module doc)."""
+def abba_split(n: int, s: int, pairs: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """Reference and candidate natural_max ranks for n images per side (see module doc), from the rank
+    pairs ``(2p, 2p + 1)`` for p in ``pairs`` (default 0..n-1: the top 2n ranks)."""
     ref, cand = [], []
-    for k in range(n):
-        a, b = 2 * k, 2 * k + 1
+    for k, p in enumerate(range(n) if pairs is None else pairs):
+        a, b = 2 * p, 2 * p + 1
         if (k + s) % 2 == 0:
             ref.append(a), cand.append(b)
         else:
@@ -441,6 +473,9 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
     for (uid, kind), sel in usable_images(images).groupby(["unit_id", "kind"]):
         files[(uid, kind)] = dict(zip(sel["rank"].astype(int), sel["file"]))
 
+    # design.exemplar_ranks = "fresh": per unit, how often each full rank pair (2p, 2p + 1) was shown
+    fresh = d["exemplar_ranks"] == "fresh"
+    pair_uses = {uid: [0] * _full_pairs(nat) for (uid, kind), nat in files.items() if kind == KIND_NATURAL}
     trials = []
     for idx, (kind, tt, g, n, block) in enumerate(plan):
         triplet = list(reserved[g]) if kind == "practice" and reserved else list(pools[g].pop())
@@ -451,6 +486,11 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
         ref_rows, cand_by_unit = [], []
         for uid in row_units:
             nat = files[(uid, KIND_NATURAL)]
+            if fresh:
+                chosen = least_shown_pairs(pair_uses[uid], n)
+                for p in chosen:
+                    pair_uses[uid][p] += 1
+                ref_ranks, cand_ranks = abba_split(n, s, chosen)
             ref_rows.append([nat[r] for r in ref_ranks])
             if kind == "catch":
                 cand_by_unit.append(list(ref_rows[-1]))

@@ -34,8 +34,8 @@ from experiment.design import (
     build_trials,
     derive_seed,
     excluded_pairs,
+    natural_depth,
     repetition_report,
-    required_images,
     reserved_practice_units,
     score,
     shared_image_report,
@@ -151,7 +151,7 @@ class SessionPlan:
 def set_fingerprints(design: Design, stimset: StimulusSet) -> dict | None:
     """sha256 (manifest) and difference hash of every natural image the design can show, for the
     shared-image rule and its report."""
-    files = list(shown_natural_files(stimset.images, required_images(design)[0]).file)
+    files = list(shown_natural_files(stimset.images, natural_depth(design, stimset.images)).file)
     return image_fingerprints(stimset.root, stimset.manifest.get("files", {}), files)
 
 

@@ -790,3 +790,33 @@ def test_experiment_modules_hold_one_idea_each():
     long = {p.name: n for p in (ROOT / "experiment").glob("*.py")
             if (n := len(p.read_text().splitlines())) > 420 and p.name != "design.py"}
     assert not long, long
+
+
+def test_fresh_exemplar_ranks_bound_repetition_and_the_plan_shows_it(tmp_path):
+    """design.exemplar_ranks = "fresh": a unit's images come from the rank pairs of its top-k seen least, so
+    with a deep enough top-k no natural image repeats and no row pair can be matched from memory."""
+    from experiment.design import repetition_report
+    from stimset_fixture import make_fixture_set
+
+    s = load_stimulus_set(make_fixture_set(tmp_path / "set", tmp_path / "coll", units_per_group=4, k=40, size=16))
+    reps = {}
+    for ranks in ("top", "fresh"):
+        d = design_from_dict(cfg(**{"design.exemplar_ranks": ranks, "design.practice_units": "main"}))
+        trials = build_trials(d, s.units, s.images, 0, 5)
+        reps[ranks] = repetition_report(trials)
+    assert reps["top"]["memory_matchable"] > 0 and reps["top"]["max_shows"] > 1
+    assert reps["fresh"]["memory_matchable"] == 0 and reps["fresh"]["rows_seen_before"] == 0
+    assert reps["fresh"]["max_shows"] == 1  # catch trials show the reference images on both sides: one show each
+    # ABBA within a trial: both sides take one image of each chosen pair
+    for t in trials:
+        if t.trial_type == "exemplar" and not t.is_catch:
+            for i in range(3):
+                cand = t.candidate_files[t.candidate_units.index(i)]
+                ref_pairs = sorted(int(f.rsplit("_", 1)[1][:2]) // 2 for f in t.reference_files[i])
+                assert ref_pairs == sorted(int(f.rsplit("_", 1)[1][:2]) // 2 for f in cand)
+    # a 10-deep top-k is used up: fresh still works, repeating the least shown pairs
+    d = design_from_dict(cfg(**{"design.exemplar_ranks": "fresh", "design.practice_units": "main"}))
+    small = load_stimulus_set(make_fixture_set(tmp_path / "set10", tmp_path / "coll10", units_per_group=4, k=10, size=16))
+    assert repetition_report(build_trials(d, small.units, small.images, 0, 5))["max_shows"] > 1
+    with pytest.raises(ConfigError, match="design.exemplar_ranks"):
+        design_from_dict(cfg(**{"design.exemplar_ranks": "deep"}))
