@@ -820,3 +820,16 @@ def test_fresh_exemplar_ranks_bound_repetition_and_the_plan_shows_it(tmp_path):
     assert repetition_report(build_trials(d, small.units, small.images, 0, 5))["max_shows"] > 1
     with pytest.raises(ConfigError, match="design.exemplar_ranks"):
         design_from_dict(cfg(**{"design.exemplar_ranks": "deep"}))
+
+
+def test_session_contract_1_4_checks_practice_units(set10, tmp_path):
+    from contracts.common import ContractError
+    from contracts.session import SCHEMA_VERSION, read_session_info
+
+    d = design_from_dict(cfg(**{"design.practice_units": "reserved", "design.max_triplet_uses": 1}))
+    plan = new_session(tmp_path, "exp", "P4", 1, d, set10)
+    plan.folder.mkdir(parents=True)
+    write_session_info(plan.folder, plan.info)
+    assert SCHEMA_VERSION == "1.4" and read_session_info(plan.folder)["practice_units"]["mode"] == "reserved"
+    with pytest.raises(ContractError, match="field 'practice_units' must be an object"):
+        write_session_info(plan.folder, {**plan.info, "practice_units": ["early"]})
