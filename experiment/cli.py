@@ -231,12 +231,17 @@ def _plan_and_run(args, t0, design, experiment, participant, session, stimset, p
             print(f"fvmatch-session: WARNING: layer group {g}: {r['with_shared']} of {r['triplets']} triplets have two "
                   f"units showing the same or a near-duplicate photograph, and design.shared_images = 'allow' lets "
                   f"them into trials", file=sys.stderr)
+    pu = info.get("practice_units")
+    if pu and pu.get("units"):
+        print("  practice units (never in main trials): " + "; ".join(f"{g}: {', '.join(us)}" for g, us in pu["units"].items()))
+    elif pu and any(t.is_practice for t in plan.trials):
+        print("  practice trials show main units (design.practice_units = 'main'): their feedback reveals main triplets")
     rep = info.get("repetition")
     if rep:
         print(f"  repetition: an image is shown up to {rep['max_shows']} times ({rep['images_shown_more_than_once']} of "
               f"{rep['images_shown']} images more than once); in {rep['memory_matchable']} of {rep['main_exemplar_trials']} "
               f"main exemplar trials a row pair can be matched from memory of an earlier trial (in {rep['rows_seen_before']} both "
-              f"rows were shown before)")
+              f"rows were shown before; design.exemplar_ranks = {plan.design['design']['exemplar_ranks']!r})")
     print(f"{plan.folder}: {len(plan.trials)} trials ({n_main} main, {sum(t.is_practice for t in plan.trials)} practice, "
           f"{sum(t.is_catch for t in plan.trials)} catch)" + (f", resuming at trial {plan.start_index + 1}" if plan.resumed else ""))
     if args.check_only:

@@ -43,6 +43,8 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "participants_planned": (int, 24),
         "counterbalance": (str, "next_free"),
         "near_duplicate_bits": (int, 2),
+        "practice_units": (str, "reserved"),
+        "exemplar_ranks": (str, "top"),
     },
     "practice": {
         "trials": (int, 0),
@@ -204,6 +206,12 @@ def _check_values(c: dict, path: Path | str) -> None:
                                        "indices), 'left' or 'right'")
     if d["shared_images"] not in ("exclude", "allow"):
         fail("design.shared_images", "must be 'exclude' (units showing the same photograph never share a trial) or 'allow'")
+    if d["practice_units"] not in ("reserved", "main"):
+        fail("design.practice_units", "must be 'reserved' (3 units per layer group only for practice, never in main "
+                                      "trials) or 'main' (practice trials show main units)")
+    if d["exemplar_ranks"] not in ("top", "fresh"):
+        fail("design.exemplar_ranks", "must be 'top' (ranks 0..2n-1, ABBA split) or 'fresh' (per unit, the rank pairs of "
+                                      "its top-k this participant has seen least)")
     if not -1 <= d["near_duplicate_bits"] <= 32:
         fail("design.near_duplicate_bits", "must be in [-1, 32] (-1: identical images only)")
     if not 0 <= d["seed"] < 2**63:

@@ -21,12 +21,24 @@ Rules (each documented where it is implemented):
   {0, 1} drawn per trial. Both sides get equally strong exemplars on average (rank sums differ by at
   most 1). Feature-visualization and catch trials use the same reference ranks, so the reference
   side has the same statistics in every trial type.
+* **Fresh exemplars** (``design.exemplar_ranks = "fresh"``; default ``"top"`` is the rule above):
+  each trial takes, per unit, the n rank pairs of its whole top-k that this participant has seen
+  least (ties: the more activating), split ABBA as above. Until a unit's top-k is used up no
+  natural image of it is shown twice, so no row pair can be matched from memory of an earlier
+  trial; the plan's repetition report shows how far the set's k goes. Shared images are then checked
+  over all ranks a trial may show (``natural_depth``).
 * **Feature visualizations.** n of the unit's visualizations, a seeded random choice
   (``design.fv_source = "random"``) or ranks 0..n-1 (``"first"``).
 * **Shared images.** Two units of a group that show the same photograph (or a near duplicate) in
   the shown ranks never appear in one trial: with ``design.shared_images = "exclude"`` (default)
   every triplet containing such a pair is left out of the study order, and every built trial is
   checked again (``experiment.overlap``). ``shared_image_report`` says how many were left out.
+* **Practice units.** With ``design.practice_units = "reserved"`` (default) each layer group with
+  practice trials reserves 3 units (``reserved_practice_units``: a seeded rule, the same for every
+  participant); its practice trials all show that triplet (rows, images and sides drawn per trial),
+  and main and catch trials use only the other units, so practice feedback reveals nothing about
+  the main trials. ``"main"``: practice trials take triplets from the participant's window like the
+  main trials (sessions recorded before the key existed).
 * **Catch trials** are exemplar trials whose candidate rows show exactly the reference images
   (trivial matches, an attention check).
 * Images within a row are shown in random order on both sides.
@@ -113,6 +125,83 @@ def triplets_needed(design: Design) -> dict[str, int]:
     return need
 
 
+def practice_trials_per_group(design: Design) -> dict[str, int]:
+    """Practice trials in each layer group (they cycle through the groups, see build_trials)."""
+    groups = design["design"]["layer_groups"]
+    out = {g: 0 for g in groups}
+    for i in range(design["practice"]["trials"]):
+        out[groups[i % len(groups)]] += 1
+    return out
+
+
+def reserves_practice_units(design: Design) -> bool:
+    return design["design"]["practice_units"] == "reserved" and design["practice"]["trials"] > 0
+
+
+def main_triplets_needed(design: Design) -> dict[str, int]:
+    """Triplets a participant takes from each group's study order: all trials of the group, but the
+    practice trials when they use reserved units (``design.practice_units = "reserved"``)."""
+    need = triplets_needed(design)
+    if reserves_practice_units(design):
+        for g, n in practice_trials_per_group(design).items():
+            need[g] -= n
+    return need
+
+
+def units_per_group_needed(design: Design) -> int:
+    """Units per layer group a set needs for this design, ignoring the shared-image exclusion: enough
+    main units for the triplets a participant takes (each used at most ``max_triplet_uses`` times),
+    plus the 3 reserved practice units."""
+    t = max(main_triplets_needed(design).values())
+    m = 3
+    while m * (m - 1) * (m - 2) // 6 * design["design"]["max_triplet_uses"] < t:
+        m += 1
+    return m + (PRACTICE_UNITS_PER_GROUP if reserves_practice_units(design) else 0)
+
+
+PRACTICE_UNITS_PER_GROUP = 3  # one triplet: a group's practice trials all show it (rows, images and sides re-drawn)
+
+
+def reserved_practice_units(design: Design, units: pd.DataFrame,
+                            excluded: dict[str, list[tuple]] | None = None) -> dict[str, list[str]]:
+    """Per layer group with practice trials, the 3 units reserved for practice (they never appear in
+    main or catch trials); empty when ``design.practice_units = "main"``.
+
+    Rule (the same for every participant of a design): the group's unit ids in a random order seeded
+    by ``(design.seed, "practice-units", group)``; the reserved units are the first triplet, in the
+    order of ``itertools.combinations`` over that list, that holds no ``excluded`` pair (two units
+    showing the same photograph). A group with fewer than 4 units or no such triplet reserves none
+    (``check_set_for_design`` reports it).
+    """
+    if not reserves_practice_units(design):
+        return {}
+    excluded = excluded or {}
+    out = {}
+    for g, n in practice_trials_per_group(design).items():
+        if not n:
+            continue
+        ids = sorted(units.loc[units.group == g, "unit_id"])
+        rng = np.random.default_rng(derive_seed("practice-units", design["design"]["seed"], g))
+        shuffled = [ids[i] for i in rng.permutation(len(ids))]
+        bad = {frozenset(p[:2]) for p in excluded.get(g, [])}
+        for c in itertools.combinations(shuffled, PRACTICE_UNITS_PER_GROUP):
+            if len(ids) > PRACTICE_UNITS_PER_GROUP and not any(frozenset(q) in bad for q in itertools.combinations(c, 2)):
+                out[g] = sorted(c)
+                break
+    return out
+
+
+def main_units(units: pd.DataFrame, reserved: dict[str, list[str]]) -> pd.DataFrame:
+    """The units main and catch trials may use: all but the reserved practice units."""
+    taken = {u for us in reserved.values() for u in us}
+    return units[~units.unit_id.isin(taken)]
+
+
+PRACTICE_RULE = ("per layer group with practice trials, 3 units reserved for practice: the first triplet (no two "
+                 "units sharing a photograph) of the group's unit ids in an order seeded by design.seed; they never "
+                 "appear in main or catch trials")
+
+
 def usable_images(images: pd.DataFrame) -> pd.DataFrame:
     """Images a trial may show: rows marked ``spare = 1`` (an optional column, written by stimuli_gen for
     exemplars beyond k kept in reserve) are never shown."""
@@ -121,13 +210,38 @@ def usable_images(images: pd.DataFrame) -> pd.DataFrame:
     return images
 
 
+def least_shown_pairs(uses: list[int], n: int) -> list[int]:
+    """``design.exemplar_ranks = "fresh"``: the n rank pairs of a unit shown least so far to this
+    participant (``uses[p]``: times pair p was shown), ties to the more activating pair; in rank order."""
+    return sorted(sorted(range(len(uses)), key=lambda p: (uses[p], p))[:n])
+
+
+def _full_pairs(ranks: dict[int, str]) -> int:
+    """Rank pairs (0,1), (2,3), ... a unit has without a gap."""
+    p = 0
+    while 2 * p in ranks and 2 * p + 1 in ranks:
+        p += 1
+    return p
+
+
+def natural_depth(design: Design, images: pd.DataFrame) -> int:
+    """How many natural_max ranks (0..depth-1) a trial of this design may show: the top 2n for the
+    largest n, or with ``design.exemplar_ranks = "fresh"`` every full rank pair a unit of the set has."""
+    k_nat, _ = required_images(design)
+    if design["design"]["exemplar_ranks"] != "fresh":
+        return k_nat
+    nat = usable_images(images)
+    nat = nat[nat.kind == KIND_NATURAL]
+    return max(k_nat, 2 * (int(pd.to_numeric(nat["rank"]).max() + 1) // 2) if len(nat) else 0)
+
+
 def shared_pairs(design: Design, units: pd.DataFrame, images: pd.DataFrame,
                  fingerprints: dict | None) -> dict[str, list[tuple[str, str, str, str]]]:
     """Per group, the unit pairs that show the same or a near-duplicate image in the shown ranks
     (``experiment.overlap``); none without fingerprints."""
     if fingerprints is None:
         return {g: [] for g in design["design"]["layer_groups"]}
-    k_nat, _ = required_images(design)
+    k_nat = natural_depth(design, images)
     pairs = conflicting_pairs(units, usable_images(images), k_nat, fingerprints, design["design"]["near_duplicate_bits"])
     return {g: pairs.get(g, []) for g in design["design"]["layer_groups"]}
 
@@ -152,8 +266,10 @@ def shared_image_report(design: Design, units: pd.DataFrame, images: pd.DataFram
     and how many were excluded for it (``excluded``: 0 when the design allows them), and the pairs why."""
     out = {}
     exclude = design["design"]["shared_images"] == "exclude"
-    for g, pairs in shared_pairs(design, units, images, fingerprints).items():
-        ids = sorted(units.loc[units.group == g, "unit_id"])
+    shared = shared_pairs(design, units, images, fingerprints)
+    units = main_units(units, reserved_practice_units(design, units, excluded_pairs(design, units, images, fingerprints)))
+    for g, pairs in shared.items():
+        ids = sorted(units.loc[units.group == g, "unit_id"])  # main units: the triplets of the study order
         n_all = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
         n_shared = n_all - len(_allowed_triplets(ids, pairs))
         out[g] = {"triplets": n_all, "with_shared": n_shared, "excluded": n_shared if exclude else 0,
@@ -169,24 +285,44 @@ def check_set_for_design(design: Design, units: pd.DataFrame, images: pd.DataFra
     images = usable_images(images)
     problems = []
     k_nat, k_fv = required_images(design)
-    need = triplets_needed(design)
+    need = main_triplets_needed(design)
     max_uses = design["design"]["max_triplet_uses"]
     pairs = excluded_pairs(design, units, images, fingerprints)
+    reserved = reserved_practice_units(design, units, pairs)
+    for g, n_practice in practice_trials_per_group(design).items():
+        if reserves_practice_units(design) and n_practice and g not in reserved:
+            n_units = int((units.group == g).sum())
+            problems.append(
+                f"layer group {g!r}: {n_units} unit(s) in the set, too few to reserve {PRACTICE_UNITS_PER_GROUP} "
+                f"practice units (that never appear in main trials) apart from the main trials' units"
+                + (" (every candidate triplet has two units sharing a photograph)" if n_units > PRACTICE_UNITS_PER_GROUP else "")
+                + f": this design needs at least {units_per_group_needed(design)} units per layer group (generate the set "
+                f"with --units-per-group {units_per_group_needed(design)}), or set design.practice_units = \"main\" to "
+                f"practise on the main units")
+    main = main_units(units, reserved)
     for g, t in need.items():
-        ids = sorted(units.loc[units.group == g, "unit_id"])
+        ids = sorted(main.loc[main.group == g, "unit_id"])
         if len(ids) < 3:
-            problems.append(f"layer group {g!r}: {len(ids)} unit(s) in the set, a trial needs 3")
+            problems.append(f"layer group {g!r}: {len(ids)} unit(s) in the set" + (
+                f" besides the {PRACTICE_UNITS_PER_GROUP} reserved practice units {', '.join(reserved[g])}, a trial needs 3: "
+                f"this design needs at least {units_per_group_needed(design)} units per layer group (generate the set with "
+                f"--units-per-group {units_per_group_needed(design)}), or set design.practice_units = \"main\" to practise "
+                f"on the main units" if g in reserved else ", a trial needs 3"))
             continue
         n_all = len(ids) * (len(ids) - 1) * (len(ids) - 2) // 6
         n_trip = len(_allowed_triplets(ids, pairs[g]))
         shared = (f" ({n_all - n_trip} of {n_all} left out because two of their units show the same or a "
                   f"near-duplicate photograph, e.g. {pairs[g][0][2]} and {pairs[g][0][3]})") if n_trip < n_all else ""
         if n_trip * max_uses < t:
+            practice = (f" besides the {PRACTICE_UNITS_PER_GROUP} reserved practice units {', '.join(reserved[g])}"
+                        if g in reserved else "")
             problems.append(
-                f"layer group {g!r}: {len(ids)} units give {n_trip} distinct triplets{shared}, but a participant has {t} "
-                f"trials in this group and design.max_triplet_uses = {max_uses}: add units to the set, reduce the "
-                f"trials, or allow repeats")
-        for uid in ids:
+                f"layer group {g!r}: {len(ids)} units{practice} give {n_trip} distinct triplets{shared}, but a participant has "
+                f"{t} main and catch trials in this group and design.max_triplet_uses = {max_uses}: add units to the set "
+                f"(this design needs at least {units_per_group_needed(design)} units per layer group), reduce the trials, "
+                f"or allow repeats" + (" (or set design.practice_units = \"main\")" if g in reserved else ""))
+    for g in need:
+        for uid in sorted(units.loc[units.group == g, "unit_id"]):
             nat = set(images.loc[(images.unit_id == uid) & (images.kind == KIND_NATURAL), "rank"])
             missing = [r for r in range(k_nat) if r not in nat]
             if missing:
@@ -263,11 +399,12 @@ def participant_triplets(order: list[tuple[str, str, str]], counterbalance: int,
 # The trial list
 
 
-def abba_split(n: int, s: int) -> tuple[list[int], list[int]]:
-    """Reference and candidate natural_max ranks for n images per side (see module doc)."""
+def abba_split(n: int, s: int, pairs: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """Reference and candidate natural_max ranks for n images per side (see module doc), from the rank
+    pairs ``(2p, 2p + 1)`` for p in ``pairs`` (default 0..n-1: the top 2n ranks)."""
     ref, cand = [], []
-    for k in range(n):
-        a, b = 2 * k, 2 * k + 1
+    for k, p in enumerate(range(n) if pairs is None else pairs):
+        a, b = 2 * p, 2 * p + 1
         if (k + s) % 2 == 0:
             ref.append(a), cand.append(b)
         else:
@@ -317,24 +454,31 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
     plan = plan_practice + [t for block in blocks for t in block]
 
     # Triplets: the participant's window of the study order, randomly assigned to that group's trials.
-    need = triplets_needed(design)
+    # With reserved practice units, practice trials show the group's reserved triplet and the window
+    # holds only main and catch trials (main_triplets_needed); otherwise practice draws from the window.
+    need = main_triplets_needed(design)
     pairs = excluded_pairs(design, units, images, fingerprints)
+    reserved = reserved_practice_units(design, units, pairs)
+    main = main_units(units, reserved)
     pools: dict[str, list] = {}
     for g in groups:
-        ids = list(units.loc[units.group == g, "unit_id"])
+        ids = list(main.loc[main.group == g, "unit_id"])
         window = participant_triplets(triplet_study_order(ids, d["seed"], g, pairs[g]), counterbalance, need[g],
                                       d["participants_planned"])
         pools[g] = [window[i] for i in rng.permutation(len(window))]
-    assert all(sum(1 for t in plan if t[2] == g) == need[g] for g in groups)
+    assert all(sum(1 for t in plan if t[2] == g and not (t[0] == "practice" and reserved)) == need[g] for g in groups)
 
     unit_info = units.set_index("unit_id")
     files: dict[tuple[str, str], dict[int, str]] = {}
     for (uid, kind), sel in usable_images(images).groupby(["unit_id", "kind"]):
         files[(uid, kind)] = dict(zip(sel["rank"].astype(int), sel["file"]))
 
+    # design.exemplar_ranks = "fresh": per unit, how often each full rank pair (2p, 2p + 1) was shown
+    fresh = d["exemplar_ranks"] == "fresh"
+    pair_uses = {uid: [0] * _full_pairs(nat) for (uid, kind), nat in files.items() if kind == KIND_NATURAL}
     trials = []
     for idx, (kind, tt, g, n, block) in enumerate(plan):
-        triplet = list(pools[g].pop())
+        triplet = list(reserved[g]) if kind == "practice" and reserved else list(pools[g].pop())
         row_units = [triplet[i] for i in rng.permutation(3)]
         cand_perm = tuple(int(x) for x in rng.permutation(3))
         s = int(rng.integers(0, 2))
@@ -342,6 +486,11 @@ def build_trials(design: Design, units: pd.DataFrame, images: pd.DataFrame, coun
         ref_rows, cand_by_unit = [], []
         for uid in row_units:
             nat = files[(uid, KIND_NATURAL)]
+            if fresh:
+                chosen = least_shown_pairs(pair_uses[uid], n)
+                for p in chosen:
+                    pair_uses[uid][p] += 1
+                ref_ranks, cand_ranks = abba_split(n, s, chosen)
             ref_rows.append([nat[r] for r in ref_ranks])
             if kind == "catch":
                 cand_by_unit.append(list(ref_rows[-1]))

@@ -29,11 +29,14 @@ from contracts.session import (
 from contracts.stimulus_set import StimulusSet
 from experiment.config import Design, design_from_dict
 from experiment.design import (
+    PRACTICE_RULE,
     TrialSpec,
     build_trials,
     derive_seed,
+    excluded_pairs,
+    natural_depth,
     repetition_report,
-    required_images,
+    reserved_practice_units,
     score,
     shared_image_report,
 )
@@ -43,7 +46,8 @@ from experiment.overlap import image_fingerprints, shown_natural_files
 DESIGN_EXTRA_KEYS = ("file", "counterbalance", "counterbalance_rule", "reference_side")
 # Design keys added after sessions were first recorded, with the behaviour those sessions had: a
 # resumed old session regenerates exactly the trial list it started with.
-_OLD_SESSION_DEFAULTS = {"design": {"shared_images": "allow", "participants_planned": 0, "counterbalance": "participant_number"},
+_OLD_SESSION_DEFAULTS = {"design": {"shared_images": "allow", "participants_planned": 0, "counterbalance": "participant_number",
+                                    "practice_units": "main"},
                          "participant": {"fields": []},
                          "display": {"reference_side": "left"}}
 
@@ -147,8 +151,16 @@ class SessionPlan:
 def set_fingerprints(design: Design, stimset: StimulusSet) -> dict | None:
     """sha256 (manifest) and difference hash of every natural image the design can show, for the
     shared-image rule and its report."""
-    files = list(shown_natural_files(stimset.images, required_images(design)[0]).file)
+    files = list(shown_natural_files(stimset.images, natural_depth(design, stimset.images)).file)
     return image_fingerprints(stimset.root, stimset.manifest.get("files", {}), files)
+
+
+def practice_units_record(design: Design, stimset: StimulusSet, fingerprints: dict | None) -> dict:
+    """session.json ``practice_units``: the design's choice, the rule, and the reserved units per group."""
+    reserved = reserved_practice_units(design, stimset.units,
+                                       excluded_pairs(design, stimset.units, stimset.images, fingerprints))
+    return {"mode": design["design"]["practice_units"], "units": reserved,
+            "rule": PRACTICE_RULE if reserved else "practice trials use the main trials' units"}
 
 
 def recorded_design(design: Design, counterbalance: int, rule: str) -> dict:
@@ -199,6 +211,7 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
         "n_trials_planned": len(trials), "n_trials_completed": 0, "frame_stats": {},
         "shared_images": shared_image_report(design, stimset.units, stimset.images, fingerprints),
         "repetition": repetition_report(trials),
+        "practice_units": practice_units_record(design, stimset, fingerprints),
         "simulated": simulated,
         "runs": [],
     }

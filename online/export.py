@@ -21,7 +21,7 @@ from contracts.online_study import write_study
 from contracts.session import design_sha256, now_iso
 from contracts.stimulus_set import StimulusSet
 from experiment.config import Design
-from experiment.design import KIND_FV, KIND_NATURAL, check_set_for_design, required_images, usable_images
+from experiment.design import KIND_FV, KIND_NATURAL, check_set_for_design, natural_depth, required_images, usable_images
 
 WEB_DIR = Path(__file__).parent / "web"
 NODE_MODULES = WEB_DIR / "node_modules"
@@ -58,7 +58,7 @@ def design_images(design: Design, stimset: StimulusSet) -> list[str]:
     units = stimset.units[stimset.units.group.isin(design["design"]["layer_groups"])].unit_id
     imgs = usable_images(stimset.images)
     imgs = imgs[imgs.unit_id.isin(set(units))]
-    nat = imgs[(imgs.kind == KIND_NATURAL) & (imgs["rank"] < k_nat)]
+    nat = imgs[(imgs.kind == KIND_NATURAL) & (imgs["rank"] < natural_depth(design, stimset.images))]
     fv = imgs[imgs.kind == KIND_FV]
     if design["design"]["fv_source"] == "first":
         fv = fv[fv["rank"] < k_fv]

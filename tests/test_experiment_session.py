@@ -452,10 +452,11 @@ def test_person_session_driven_by_real_x11_clicks_and_keys(fixture_set, tmp_path
 
 @pytest.mark.slow
 def test_default_study_design_runs_end_to_end(tmp_path, display_env):
-    """The real study design (80 trials, n up to 5, 4 blocks, breaks) with a set of 7 units per group."""
+    """The real study design (80 trials, n up to 5, 4 blocks, breaks) with a set of 10 units per group (3 of
+    them reserved for practice)."""
     from stimset_fixture import make_fixture_set
 
-    stim = make_fixture_set(tmp_path / "set7", tmp_path / "coll", units_per_group=7, size=96)
+    stim = make_fixture_set(tmp_path / "set10", tmp_path / "coll", units_per_group=10, size=96)
     data = tmp_path / "data"
     args = ["--stimuli", str(stim), "--design", "default", "--experiment", "study", "--participant", "P03",
             "--simulate", "noisy:0.7", "--data-dir", str(data), "--no-dialog"]
@@ -465,6 +466,8 @@ def test_default_study_design_runs_end_to_end(tmp_path, display_env):
     main = df[(df.is_practice == 0) & (df.is_catch == 0)]
     assert len(df) == 80 and len(main) == 72 and df.is_catch.sum() == 4 and df.is_practice.sum() == 4
     assert set(main.groupby(["trial_type", "layer_group", "n_images"]).size()) == {4}
-    triplets = df.apply(lambda r: frozenset((r.unit_0, r.unit_1, r.unit_2)), axis=1)
+    triplets = df[df.is_practice == 0].apply(lambda r: frozenset((r.unit_0, r.unit_1, r.unit_2)), axis=1)
     assert triplets.is_unique  # max_triplet_uses = 1
+    practice_units = set(df.loc[df.is_practice == 1, ["unit_0", "unit_1", "unit_2"]].values.ravel())
+    assert len(practice_units) == 9 and not practice_units & set().union(*triplets)  # reserved: never in main trials
     assert 0.55 < main.trial_correct.mean() < 0.85

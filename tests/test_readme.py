@@ -89,7 +89,7 @@ def test_workflow2_steps_1_and_3_give_the_same_trial_list(tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
     from stimset_fixture import make_fixture_set
 
-    stim = make_fixture_set(tmp_path / "set7", tmp_path / "coll", units_per_group=7, size=32)
+    stim = make_fixture_set(tmp_path / "set10", tmp_path / "coll", units_per_group=10, size=32)  # as the README generates it (--units-per-group 10)
     lab = tmp_path / "my_lab.toml"
     lab.write_text((ROOT / "experiment/designs/default.toml").read_text().replace("fullscreen = true", "fullscreen = false"))
     cmds = _workflow2_commands()
