@@ -7,6 +7,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from stimset_fixture import make_fixture_set  # noqa: E402
 
+# torch (its dynamo/triton modules) segfaults when first imported into a process that already has a PsychoPy
+# (pyglet GL) window open; some tests open windows in-process and later tests import torch. Import it first,
+# so a run of any subset of the tests in any order is safe (the CLIs load the network before their window).
+import torch  # noqa: E402,F401
+import torch._dynamo  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def builtin_collection(tmp_path_factory) -> Path:
