@@ -117,6 +117,24 @@ def _calibrate_random_base(base, paths, pp) -> None:
         calibrate_on_collection(base, paths, pp)
 
 
+def _visualizations_both(opts, base, net, units, device, trips, say, target=None):
+    """Render ``opts.fv_per_unit`` visualizations per unit through the original and the manipulated network
+    (Lucid's recipe, same seeds) and compare them; ``(None, None, None)`` when none are asked for."""
+    if opts.fv_per_unit <= 0:
+        return None, None, None
+    from stimuli_gen.render import RenderConfig
+
+    say(f"rendering {opts.fv_per_unit} visualizations per unit through both networks ({opts.fv_steps} steps, "
+        f"{opts.fv_size} px)")
+    rcfg = RenderConfig.from_preset("lucid", n_vis=opts.fv_per_unit, steps=opts.fv_steps, size=opts.fv_size,
+                                    out_size=opts.fv_size, seed=opts.seed)
+    fv_orig, fv_manip = V.render_pair(base.net, net, units, rcfg, device)
+    fv = {"parameters": {"n_vis": rcfg.n_vis, "steps": rcfg.steps, "size": rcfg.size, "preset": rcfg.preset,
+                         "seed": rcfg.seed},
+          "units": V.fv_check(base.net, net, units, fv_orig, fv_manip, rcfg.n_vis, trips, target)}
+    return fv_orig, fv_manip, fv
+
+
 def make_silent(opts: SilentOptions) -> Path:
     """Build, verify and save a silent-units model; returns its folder."""
     # ---- checks before any work ----
@@ -156,18 +174,7 @@ def make_silent(opts: SilentOptions) -> Path:
     if not on_bias["bitwise_equal"] or on_bias["n_tripped"]:
         raise RuntimeError(f"silent filters are not silent on the images that set their biases ({on_bias}); nothing written")
     held = V.natural_check(base.net, net, units, stream(paths, held_idx, pp, opts.batch_size, opts.workers, device, []), trips)
-    fv_orig = fv_manip = None
-    fv = None
-    if opts.fv_per_unit > 0:
-        say(f"rendering {opts.fv_per_unit} visualizations per unit through both networks ({opts.fv_steps} steps, {opts.fv_size} px)")
-        from stimuli_gen.render import RenderConfig
-
-        rcfg = RenderConfig.from_preset("lucid", n_vis=opts.fv_per_unit, steps=opts.fv_steps, size=opts.fv_size,
-                                        out_size=opts.fv_size, seed=opts.seed)
-        fv_orig, fv_manip = V.render_pair(base.net, net, units, rcfg, device)
-        fv = {"parameters": {"n_vis": rcfg.n_vis, "steps": rcfg.steps, "size": rcfg.size, "preset": rcfg.preset,
-                             "seed": rcfg.seed},
-              "units": V.fv_check(base.net, net, units, fv_orig, fv_manip, rcfg.n_vis, trips)}
+    fv_orig, fv_manip, fv = _visualizations_both(opts, base, net, units, device, trips, say)
 
     # ---- description and report, written together ----
     desc = {"kind": "silent_units", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -370,18 +377,7 @@ def make_fooling(opts: FoolingOptions) -> Path:
     # ---- verification (held-out natural images: the classifier's own held-out split) ----
     trips = lambda x: FO.fooling_trips(net, x)  # noqa: E731
     held = V.natural_check(base.net, net, units, stream(paths, held_idx, pp, opts.batch_size, opts.workers, device, []), trips)
-    fv_orig = fv_manip = None
-    fv = None
-    if opts.fv_per_unit > 0:
-        from stimuli_gen.render import RenderConfig
-
-        say(f"rendering {opts.fv_per_unit} visualizations per unit through both networks")
-        rcfg = RenderConfig.from_preset("lucid", n_vis=opts.fv_per_unit, steps=opts.fv_steps, size=opts.fv_size,
-                                        out_size=opts.fv_size, seed=opts.seed)
-        fv_orig, fv_manip = V.render_pair(base.net, net, units, rcfg, device)
-        fv = {"parameters": {"n_vis": rcfg.n_vis, "steps": rcfg.steps, "size": rcfg.size, "preset": rcfg.preset,
-                             "seed": rcfg.seed},
-              "units": V.fv_check(base.net, net, units, fv_orig, fv_manip, rcfg.n_vis, trips, target)}
+    fv_orig, fv_manip, fv = _visualizations_both(opts, base, net, units, device, trips, say, target)
     desc = {"kind": "fooling_circuit", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "base_model": base.name, "base_weights": base.weights, "random_weights": base.random_weights,
             "units": [{"layer": l, "channel": c} for l, c in units],
