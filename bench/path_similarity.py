@@ -61,6 +61,7 @@ def build_set(out: Path, quick: bool, device: str) -> Path:
 
 
 def time_rendering(s, model, device: torch.device) -> tuple[float, int]:
+    from stimuli_gen.pipeline import natural_targets
     from stimuli_gen.render import RenderConfig, render_feature_visualizations
 
     stored = s.manifest["parameters"]["feature_vis"]
@@ -68,7 +69,8 @@ def time_rendering(s, model, device: torch.device) -> tuple[float, int]:
     cfg = RenderConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in stored.items() if k in fields})
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        rows = render_feature_visualizations(model, s.units, cfg, d, device=device, progress=False, resume=False)
+        rows = render_feature_visualizations(model, s.units, cfg, d, device=device, progress=False, resume=False,
+                                             targets=natural_targets(s.images))  # the diversity search's targets
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0, len(rows)
