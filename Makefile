@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(VPY) bench/render.py --quick
 	$(VPY) bench/analysis.py
 	$(VPY) bench/online_server.py --quick
+	$(VPY) bench/path_similarity.py --quick
 
 clean-demo:
 	rm -rf data/stimuli/demo data/sessions/demo data/results/demo data/collections/builtin
