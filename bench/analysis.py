@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine_info import cpu_name, load_average  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -31,17 +32,8 @@ from contracts.common import software_versions  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     sw = software_versions(["statsmodels", "scipy"])
-    return (f"device: CPU ({cpu}; {os.cpu_count()} logical cores visible, load average {load:.1f})\n"
+    return (f"device: CPU ({cpu_name()}; {os.cpu_count()} logical cores visible, load average {load_average():.1f})\n"
             f"python {sw['python']}, numpy {sw['numpy']}, scipy {sw['scipy']}, statsmodels {sw['statsmodels']}; "
             f"{sw['platform']}")
 

@@ -35,20 +35,14 @@ from online.export import export_study  # noqa: E402
 from online.server import StudyServer  # noqa: E402
 from online.sessions import OnlineStudy  # noqa: E402
 from stimset_fixture import make_fixture_set  # noqa: E402
+from machine_info import cpu_name, load_average  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 
 HOST = "127.0.0.1"  # loopback only, never another address
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, {platform.system()}"
+    return (f"{cpu_name()}, {os.cpu_count()} CPU cores, load average {load_average():.1f}, "
+            f"Python {platform.python_version()}, {platform.system()}")
 
 
 def participant(port: int, pid: str, seed: int, latencies: list, codes: list) -> None:

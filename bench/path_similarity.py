@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine_info import cpu_name, load_average  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+
 import torch  # noqa: E402
 
 from contracts.stimulus_set import load_stimulus_set  # noqa: E402
@@ -33,15 +34,8 @@ from stimuli_gen.path_similarity_set import _load_set_model, collection_pool, ru
 
 
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"device: {device} (CPU {cpu}; {os.cpu_count()} logical cores, load average {load:.1f}{gpu}); "
+    return (f"device: {device} (CPU {cpu_name()}; {os.cpu_count()} logical cores, load average {load_average():.1f}{gpu}); "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
