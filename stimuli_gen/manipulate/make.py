@@ -106,6 +106,18 @@ def _check_common(opts: CommonOptions) -> None:
         raise ValueError(f"manipulation of {opts.model} is not implemented yet (torchvision_googlenet only)")
 
 
+def _checked_base(opts: CommonOptions):
+    """Checks before any work (output folder, model kind, units), then the base network: ``(units, device, base)``."""
+    _check_common(opts)
+    units = parse_units(opts.units)
+    device = torch.device(opts.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = load_model(opts.model, opts.weights, seed=opts.seed, device=device)
+    base.check_units(units)
+    return units, device, base
+
+
 def _calibrate_random_base(base, paths, pp) -> None:
     """A random base network gets the BatchNorm re-estimation fvmatch-stimuli gives random networks
     (stimuli_gen/random_net.py) BEFORE it is manipulated: the saved weights then hold those statistics, the
@@ -138,13 +150,7 @@ def _visualizations_both(opts, base, net, units, device, trips, say, target=None
 def make_silent(opts: SilentOptions) -> Path:
     """Build, verify and save a silent-units model; returns its folder."""
     # ---- checks before any work ----
-    _check_common(opts)
-    units = parse_units(opts.units)
-    device = torch.device(opts.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        base = load_model(opts.model, opts.weights, seed=opts.seed, device=device)
-    base.check_units(units)
+    units, device, base = _checked_base(opts)
     paths, source = _collection(opts)
     bias_idx, held_idx = split_collection(len(paths), opts.holdout_fraction, opts.seed)
     if len(bias_idx) < opts.min_images:
@@ -344,13 +350,7 @@ def make_fooling(opts: FoolingOptions) -> Path:
     from stimuli_gen.manipulate import fooling as FO
 
     # ---- checks before any work ----
-    _check_common(opts)
-    units = parse_units(opts.units)
-    device = torch.device(opts.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        base = load_model(opts.model, opts.weights, seed=opts.seed, device=device)
-    base.check_units(units)
+    units, device, base = _checked_base(opts)
     target, target_what = FO.load_target(opts.target, opts.target_size)
     cpath = Path(opts.classifier)
     if not cpath.is_file():
