@@ -8,13 +8,14 @@ import sys
 EPILOG = """examples:
   fvmatch-analyze data/sessions/demo --out data/results/demo
   fvmatch-analyze data/sessions/pilot/sub-P01_ses-01 data/sessions/pilot/sub-P02_ses-01 --out data/results/p12
-  fvmatch-analyze data/sessions/main --out data/results/main --min-catch-accuracy 0.8 --incomplete exclude \\
+  fvmatch-analyze data/sessions/main --out data/results/main --exclusions prereg/exclusions.toml --incomplete exclude \\
       --n-as numeric --n-boot 5000 --seed 7
   fvmatch-analyze --simulate 30 --out data/results/sim30     # simulate the default design, then analyse
   fvmatch-analyze --simulate 30 --design my_lab.toml --out data/results/sim30_lab
 
 outputs (contracts/results.py): results.json, accuracy_by_condition.csv, accuracy_by_participant.csv,
-fixed_effects.csv, extra tables (models, model_tests, model_contrasts, random_effects, catch_accuracy),
+fixed_effects.csv, extra tables (models, model_tests, model_contrasts, random_effects, catch_accuracy,
+exclusions: every session by the exclusion rules),
 figures/*.png|svg, report.html (self-contained), report.md.
 """
 
@@ -30,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sessions", nargs="*", metavar="SESSIONS",
                    help="an experiment folder holding session folders, or session folders (or their session.json)")
     p.add_argument("--out", required=True, metavar="RESULTS_DIR", help="folder for the results (created)")
-    p.add_argument("--min-catch-accuracy", type=float, default=0.7, metavar="P",
-                   help="exclude participants whose whole-trial accuracy on catch trials is below P (default 0.7)")
+    p.add_argument("--exclusions", metavar="TOML", default=None,
+                   help="exclusion rules (catch accuracy, time on instructions, time in the session, choice "
+                        "variability), the same for lab and online sessions; its sha256 is recorded "
+                        "(default: the shipped analysis/exclusions.toml, which documents every key)")
+    p.add_argument("--min-catch-accuracy", type=float, default=None, metavar="P",
+                   help="replace the rules' catch.min_accuracy: exclude sessions whose whole-trial accuracy on catch "
+                        "trials is below P (recorded as an override)")
     p.add_argument("--incomplete", choices=("include", "exclude"), default="include",
                    help="trials of aborted/unfinished sessions: keep them (default) or drop the session; listed either way")
     p.add_argument("--n-as", choices=("factor", "numeric"), default="factor",
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if not inputs:
         print("fvmatch-analyze: error: give SESSIONS (a folder of session folders) or --simulate N", file=sys.stderr)
         return 2
-    opts = AnalysisOptions(min_catch_accuracy=args.min_catch_accuracy, incomplete=args.incomplete, n_boot=args.n_boot,
+    opts = AnalysisOptions(min_catch_accuracy=args.min_catch_accuracy, exclusions=args.exclusions, incomplete=args.incomplete, n_boot=args.n_boot,
                            seed=args.seed, n_as=args.n_as, fe_prior_sd=args.fe_prior_sd,
                            allow_mixed_sets=args.allow_mixed_sets, allow_mixed_designs=args.allow_mixed_designs,
                            fit_models=not args.no_models, figures=not args.no_figures)
@@ -94,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {w}", file=sys.stderr)
     ex = res.info["exclusions"]
     print(f"analysed {ex['n_trials_analysed']} trials of {ex['n_participants_analysed']} participants; "
-          f"excluded {len(ex['excluded_participants'])} participant(s)")
+          f"excluded {len(ex['excluded_participants'])} session(s) by the rules in {ex['rules']['source']}")
+    for e in ex["excluded_participants"]:
+        print(f"  excluded {e['participant']} session {e['session']}: {e['reason']}")
     for f in res.fits:
         lay = f.tests[f.tests.test.str.startswith("layer")] if len(f.tests) else None
         inter = f.tests[f.tests.test.str.contains("interaction")] if len(f.tests) else None

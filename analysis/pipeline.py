@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.accuracy import CONDITION, condition_accuracy, marginal_participant_accuracy, participant_accuracy
+from analysis.exclusion_rules import load_rules
 from analysis.exclusions import apply_exclusions
 from analysis.glmm import ModelFit, ModelOptions, fit_all, fixed_effects_table
 from analysis.load import load_sessions
@@ -25,7 +26,8 @@ SOFTWARE = ["statsmodels", "scipy", "patsy", "seaborn", "matplotlib"]
 
 @dataclass
 class AnalysisOptions:
-    min_catch_accuracy: float = 0.7
+    min_catch_accuracy: float | None = None  # None: the exclusion rules' catch.min_accuracy
+    exclusions: str | None = None  # exclusion-rules TOML; None: the shipped analysis/exclusions.toml
     incomplete: str = "include"  # include | exclude
     n_boot: int = 2000
     seed: int = 1
@@ -58,8 +60,10 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
     opts = options or AnalysisOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rules = load_rules(opts.exclusions)  # before reading sessions: a bad rules file fails fast
     loaded = load_sessions(inputs, opts.allow_mixed_sets, opts.allow_mixed_designs)
-    excl = apply_exclusions(loaded.trials, loaded.sessions, opts.min_catch_accuracy, opts.incomplete)
+    excl = apply_exclusions(loaded.trials, loaded.sessions, opts.min_catch_accuracy, opts.incomplete, rules,
+                            infos=dict(zip(loaded.sessions.folder, loaded.infos)))
     excl.summary["session_problems"] = loaded.problems  # folders not analysed, rows left out (analysis.load)
     trials = excl.trials
     warns = list(loaded.warnings)
@@ -77,6 +81,7 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
     written.append(_write_table(part, out / "accuracy_by_participant.csv", list(TABLES["accuracy_by_participant.csv"])))
     written.append(_write_table(cond_tl, out / "accuracy_by_type_layer.csv"))
     written.append(_write_table(excl.catch, out / "catch_accuracy.csv"))
+    written.append(_write_table(excl.sessions, out / "exclusions.csv"))  # every session: measures, verdict, reasons
 
     mopts = ModelOptions(n_as=opts.n_as, fe_prior_sd=opts.fe_prior_sd, vcp_prior_sd=opts.vcp_prior_sd, seed=opts.seed)
     fits: list[ModelFit] = []
@@ -301,12 +306,22 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
                            f"Contrasts and model-based means ({f.scale} scale; prob = back-transformed)."))
 
     B.append(Block("h2", "Exclusions"))
+    r = ex["rules"]
+    B.append(Block("p", f"Rules: {r['source']} (sha256 {str(r['sha256'])[:16]}...), the same for lab and online sessions, "
+                        f"judged per session: catch-trial accuracy >= {r['catch_min_accuracy']:g} (whole trial); "
+                        f"instructions >= {r['instructions_min_seconds']:g} s; time in the session "
+                        f"{r['total_min_minutes']:g}-{r['total_max_minutes']:g} min (0: no bound); the same pairing on at "
+                        f"most {r['variability_max_same_fraction']:.0%} of non-practice trials (from "
+                        f"{r['variability_min_trials']} trials). A value of 0 (1 for the fraction) disables a rule."
+                        + (f" Overridden on the command line: {', '.join(r['overrides'])}." if r["overrides"] else "")))
     B.append(Block("list", [
         f"practice trials dropped: {ex['practice_trials_dropped']}",
         f"catch trials (not analysed, used for attention): {ex['catch_trials']}; threshold: whole-trial catch "
         f"accuracy >= {ex['min_catch_accuracy']}",
         "participants excluded: " + ("; ".join(f"{e['participant']} ({e['reason']})" for e in ex["excluded_participants"])
                                      or "none"),
+        "rules not evaluated (session kept for that rule): " + ("; ".join(
+            f"{n['participant']} ses {n['session']} {n['rule']} ({n['why']})" for n in ex["not_evaluated"]) or "none"),
         "participants without catch trials (kept, not checked): " + (", ".join(ex["participants_without_catch_trials"]) or "none"),
         f"incomplete sessions (policy: {ex['incomplete_policy']}): " + ("; ".join(
             f"{i['participant']} ses {i['session']} ({i['status']}, {i['n_trials_completed']}/{i['n_trials_planned']} "
@@ -314,8 +329,10 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
         "session folders not analysed or read in part: " + ("; ".join(
             f"{p['folder']} ({p['problem']}; {p['handling']})" for p in ex.get("session_problems", [])) or "none"),
     ]))
-    if len(excl.catch):
-        B.append(Block("table", excl.catch, "Catch-trial accuracy per participant (whole trial)."))
+    if len(excl.sessions):
+        B.append(Block("table", excl.sessions[["participant", "session", "mode", "excluded", "reasons", "catch_accuracy",
+                                               "instructions_s", "session_minutes", "same_choice_fraction"]].astype(object).fillna("—"),
+                       "Every session by the exclusion rules (exclusions.csv has the rules not evaluated and why)."))
 
     B.append(Block("h2", "Provenance"))
     B.append(Block("table", s[["participant", "session", "mode", "status", "n_rows", "n_trials_planned", "set_id",

@@ -28,12 +28,14 @@ import pandas as pd
 from contracts.common import ContractError, check_schema, sha256_json, read_json, read_table, require_fields, write_json_atomic
 
 SCHEMA = "fvmatch.session"
-SCHEMA_VERSION = "1.4"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3: mode and online
-# (online sessions), stimulus_set.manipulation, and OPTIONAL_FIELDS_1_3; 1.4: practice_units
+SCHEMA_VERSION = "1.5"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3: mode and online
+# (online sessions), stimulus_set.manipulation, and OPTIONAL_FIELDS_1_3; 1.4: practice_units; 1.5: instructions_s
 # Fields session.json gained in 1.3 (all optional: files written before lack them and still read).
 # design_sha256 leaves out [monitor] since 1.3 (display_sha256 holds the screen's fingerprint).
 OPTIONAL_FIELDS_1_3 = ("mode", "online", "display_sha256", "participant_info", "shared_images", "repetition", "breaks")
 OPTIONAL_FIELDS_1_4 = ("practice_units",)  # experiment.storage.practice_units_record
+# seconds on the instruction screen, lab and online (null until it is left); the exclusion rules use it
+OPTIONAL_FIELDS_1_5 = ("instructions_s",)
 SESSION_FILE = "session.json"
 TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"
@@ -161,6 +163,9 @@ def _validate_session_info(path: Path, info: dict) -> None:
     for key in ("design_sha256", "display_sha256"):
         if key in info and not (isinstance(info[key], str) and len(info[key]) == 64):
             raise ContractError(path, f"field '{key}' must be a 64-character hex sha256")
+    v = info.get("instructions_s")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
+        raise ContractError(path, f"field 'instructions_s' must be seconds >= 0 or null, got {v!r}")
     for key, typ in (("participant_info", dict), ("shared_images", dict), ("breaks", list), ("practice_units", dict)):
         if key in info and not isinstance(info[key], typ):
             raise ContractError(path, f"field '{key}' must be a{'n object' if typ is dict else ' list'}")

@@ -132,7 +132,9 @@ def _run_trials(plan: SessionPlan, stimset: StimulusSet, ui: TrialUI, log: Trial
     n_total = len(trials)
     n_blocks = max(t.block for t in trials)
     if plan.start_index == 0:
-        ui.message(instructions(ui.reference_side), button="Start", screenshot="instructions")
+        took = ui.message(instructions(ui.reference_side), button="Start", screenshot="instructions")
+        plan.info["instructions_s"] = round(took, 3)  # session schema 1.5: the exclusion rules read it
+        save_info(plan)
         if trials and trials[0].is_practice:
             ui.message(f"First, {sum(t.is_practice for t in trials)} practice trials. After each one you see which "
                        "pairs were right (green) and which were wrong (red).", button="Start practice")

@@ -213,6 +213,7 @@ def new_session(data_dir: Path, experiment: str, participant: str, session: int,
         "repetition": repetition_report(trials),
         "practice_units": practice_units_record(design, stimset, fingerprints),
         "simulated": simulated,
+        "instructions_s": None,  # seconds on the instruction screen, set when it is left (session schema 1.5)
         "runs": [],
     }
     return SessionPlan(folder, info, design, trials, 0, False, set_aside)

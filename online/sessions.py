@@ -307,6 +307,7 @@ class OnlineStudy:
                 on["focus_losses"] = int(on.get("focus_losses") or 0) + 1
             elif kind == "instructions":
                 on["instructions_s"] = round((on.get("instructions_s") or 0.0) + _num(body.get("seconds"), "seconds", 0, 86400), 3)
+                plan.info["instructions_s"] = on["instructions_s"]  # session schema 1.5: where both modes record it
             else:
                 c = body.get("calibration")
                 if not isinstance(c, dict):

@@ -133,6 +133,7 @@ def test_simulated_session_files_rows_and_screenshots(fixture_set, tmp_path, dis
     assert info["design"]["reference_side"] == "left" and len(info["display_sha256"]) == 64
     assert [b["after_block"] for b in info["breaks"]] == [1] and info["breaks"][0]["duration_s"] >= 0
     assert info["participant_info"] == {}
+    assert info["instructions_s"] >= 0  # session 1.5
 
     with open(folder / "trials.csv") as f:
         assert f.readline().strip().split(",") == list(TRIAL_COLUMNS)
@@ -446,6 +447,14 @@ def test_person_session_driven_by_real_x11_clicks_and_keys(fixture_set, tmp_path
     assert 0 < clicks0[-1][0] - clicks0[-2][0] < df.paused_s[0]
     info = read_session_info(folder)
     assert info["status"] == "completed" and info["simulated"] is None
+    # session 1.5: the lab records the time on the instructions, and the shared exclusion rules read it
+    from analysis.exclusion_rules import ExclusionRules
+    from analysis.exclusions import evaluate_session
+
+    assert info["instructions_s"] > 0
+    verdict = evaluate_session(df, info, ExclusionRules())
+    assert verdict.measures["instructions_s"] == info["instructions_s"] and 0 < verdict.measures["session_minutes"] < 10
+    assert "instructions" not in verdict.not_evaluated and "total_time" not in verdict.not_evaluated
     log = next((folder / "psychopy").glob("*.log")).read_text()
     assert "Keypress: escape" in log and "Keypress: n" in log and "Emulated" not in log
 
