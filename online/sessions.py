@@ -9,7 +9,11 @@ list comes from the lab's ``build_trials``, and every trial is appended with ``c
   refused; a replay of the last saved trial says so, so a browser whose answer was lost moves on);
 * the pairing is recomputed from the clicks with the lab's ``PairingState``; stimuli and positions come
   from the plan and the lab's layout, never from the browser;
-* one participation per participant id: a completed session is never reopened.
+* one participation per participant id: a completed session is never reopened;
+* one writer per session, across processes: every request that writes holds the lab's per-session ``flock``
+  (``experiment.session_lock``), so a lab runner (``fvmatch-session``) and this server never write the same
+  session at once; a session a lab runner holds is refused (409), and one changed on disk since the server last
+  wrote it is read again from disk before anything is written.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import datetime as _dt
 import math
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from contracts.common import ContractError
@@ -28,6 +33,7 @@ from experiment.config import Design, design_from_dict
 from experiment.design import TrialSpec, correct_assignment, score
 from experiment.layout import trial_layout
 from experiment.matching import PairingState
+from experiment.session_lock import SessionLock, SessionLocked
 from experiment.storage import ResumeError, SessionPlan, new_session, resume_session, save_info, trial_row
 
 SESSION_NUMBER = 1  # one participation per participant id
@@ -147,6 +153,7 @@ class OnlineStudy:
         self._new_lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._plans: dict[str, SessionPlan] = {}
+        self._seen: dict[str, tuple] = {}  # participant -> _disk_state after this server's last write
 
     # --- helpers ----------------------------------------------------------------------------
     def _lock(self, pid: str) -> threading.Lock:
@@ -155,6 +162,36 @@ class OnlineStudy:
 
     def _folder(self, pid: str) -> Path:
         return session_dir(self.data_dir, self.experiment, pid, SESSION_NUMBER)
+
+    @contextmanager
+    def _writing(self, pid: str):
+        """The participant's thread lock, then the lab's per-session flock for the request: no other process (a
+        lab runner, a second server) writes the session meanwhile; one that holds it gets the request refused."""
+        with self._lock(pid):
+            try:
+                lock = SessionLock(self._folder(pid)).acquire()
+            except SessionLocked as e:
+                raise RequestError(409, f"participant {pid}: the session is being written by another process; "
+                                        "nothing was recorded", locked=True) from e
+            try:
+                yield
+            finally:
+                lock.release()
+
+    def _disk_state(self, pid: str) -> tuple:
+        """What identifies the session's files as this server last wrote them (size and mtime of both)."""
+        out = []
+        for name in (SESSION_FILE, TRIALS_FILE):
+            try:
+                st = (self._folder(pid) / name).stat()
+                out.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def _save(self, pid: str, plan: SessionPlan) -> None:
+        save_info(plan)
+        self._seen[pid] = self._disk_state(pid)
 
     def next_counterbalance(self) -> int:
         """The smallest counterbalance index no session of this experiment has: participants get consecutive
@@ -173,6 +210,9 @@ class OnlineStudy:
     def _plan(self, pid: str) -> SessionPlan:
         """The participant's plan in memory, or resumed from disk (after a server restart)."""
         plan = self._plans.get(pid)
+        if plan is not None and self._seen.get(pid) != self._disk_state(pid):
+            del self._plans[pid]  # written by another process since (a lab runner): read it again
+            plan = None
         if plan is None:
             if not (self._folder(pid) / SESSION_FILE).is_file():
                 raise RequestError(404, f"participant {pid} has no session; open the study link first")
@@ -184,6 +224,7 @@ class OnlineStudy:
             except ResumeError as e:
                 raise RequestError(409, str(e)) from e
             self._plans[pid] = plan
+            self._seen[pid] = self._disk_state(pid)
         return plan
 
     # --- requests ---------------------------------------------------------------------------
@@ -194,7 +235,7 @@ class OnlineStudy:
         if not isinstance(client, dict):
             raise RequestError(400, "'client' must be an object")
         run = {"started": now_iso(), "user_agent": _text(client.get("user_agent", ""), "client.user_agent", 400)}
-        with self._lock(pid):
+        with self._writing(pid):
             folder = self._folder(pid)
             if (folder / SESSION_FILE).is_file():
                 info = read_session_info(folder)
@@ -216,14 +257,14 @@ class OnlineStudy:
                     plan.info["online"] = {"id_param": id_param, "platform_ids": platform_ids, "user_agent": run["user_agent"],
                                            "focus_losses": 0, "instructions_s": None, "calibration": None}
                     plan.folder.mkdir(parents=True, exist_ok=True)
-                    save_info(plan)
+                    self._save(pid, plan)
                     TrialLog(plan.folder / TRIALS_FILE).close()  # the header, so the table exists from the start
                 self._plans[pid] = plan
                 resumed = False
             run["start_index"] = plan.start_index
             plan.info.setdefault("runs", []).append(run)
             plan.info["status"] = "running"
-            save_info(plan)
+            self._save(pid, plan)
             ns = sorted({t.n_images for t in plan.trials})
             return {
                 "participant": pid, "experiment": self.experiment, "resumed": resumed, "run": len(plan.info["runs"]) - 1,
@@ -238,7 +279,7 @@ class OnlineStudy:
 
     def record_trial(self, body: dict) -> dict:
         pid, _, _ = participant_from_params(body.get("params"))
-        with self._lock(pid):
+        with self._writing(pid):
             plan = self._plan(pid)
             if plan.info["status"] == "completed":
                 raise RequestError(409, f"participant {pid}: the session is completed; nothing more is recorded")
@@ -274,7 +315,7 @@ class OnlineStudy:
             with TrialLog(plan.folder / TRIALS_FILE) as log:
                 log.append(row)  # fsync'd before the answer
             plan.info["n_trials_completed"] = i + 1
-            save_info(plan)
+            self._save(pid, plan)
             out = {"saved": i, "next_index": i + 1}
             if t.is_practice:
                 out["feedback"] = {"correct": score(t.candidate_units, assignment),
@@ -299,7 +340,7 @@ class OnlineStudy:
         kind = body.get("kind")
         if kind not in EVENT_KINDS:
             raise RequestError(400, f"'kind' must be one of {EVENT_KINDS}, got {kind!r}")
-        with self._lock(pid):
+        with self._writing(pid):
             plan = self._plan(pid)
             self._check_run(plan, body)
             on = plan.info.setdefault("online", {})
@@ -325,12 +366,12 @@ class OnlineStudy:
                                         "resolution": cal["screen_px"]}
                 if plan.info.get("runs"):
                     plan.info["runs"][-1]["calibration"] = cal
-            save_info(plan)
+            self._save(pid, plan)
             return {"ok": True}
 
     def finish(self, body: dict) -> dict:
         pid, _, _ = participant_from_params(body.get("params"))
-        with self._lock(pid):
+        with self._writing(pid):
             plan = self._plan(pid)
             self._check_run(plan, body)
             n = plan.info["n_trials_completed"]
@@ -340,7 +381,7 @@ class OnlineStudy:
             plan.info["status"], plan.info["ended"] = "completed", now_iso()
             if plan.info.get("runs"):
                 plan.info["runs"][-1].update(ended=plan.info["ended"], status="completed")
-            save_info(plan)
+            self._save(pid, plan)
             self._plans.pop(pid, None)
             return {"completed": True, "completion_url": self.config["completion_url"]}
 

@@ -348,3 +348,69 @@ def test_counterbalance_indices_are_assigned_in_balance_under_concurrency(served
     assert codes == [200] * 8
     ks = sorted(read_session_info(f)["design"]["counterbalance"] for f in (data / study.experiment).iterdir())
     assert ks == list(range(8))  # each index once, none skipped
+
+
+# --- one writer per session across processes: the lab's session lock -----------------------------------------
+
+def test_a_session_held_by_another_process_is_refused_and_unchanged(served):
+    """A lab runner (here: another process holding the lab's experiment.session_lock) writes the session: the server
+    refuses to write it meanwhile, changes nothing, and records again once the lock is released."""
+    import os
+
+    url, study, data = served
+    pid = "LOCK1"
+    assert post(url, "api/start", {"params": {"participant": pid}})[0] == 200
+    plan = study._plans[pid]
+    assert post(url, "api/trial", answer(plan.trials[0], pid))[0] == 200
+    folder = data / study.experiment / f"sub-{pid}_ses-01"
+    assert not (folder / "session.lock").exists()  # held only during a request
+    before = snapshot(folder)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom experiment.session_lock import SessionLock\n"
+                               "lock = SessionLock(sys.argv[1]).acquire()\nprint('held', flush=True)\nsys.stdin.read()",
+                               str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for path, body in (("api/trial", answer(plan.trials[1], pid)), ("api/start", {"params": {"participant": pid}}),
+                           ("api/event", {"params": {"participant": pid}, "run": 0, "kind": "focus_loss"})):
+            code, res = post(url, path, body)
+            assert code == 409 and res.get("locked") and "being written by another process" in res["error"], (path, res)
+        assert snapshot(folder) == {**before, "session.lock": snapshot(folder)["session.lock"]}  # only the holder's note
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert post(url, "api/trial", answer(plan.trials[1], pid))[0] == 200
+    assert list(read_trials(folder).trial_index) == [0, 1]
+
+
+def test_a_session_written_by_a_lab_runner_meanwhile_is_read_again_not_duplicated(served, fixture_set):
+    """Between two posts a lab runner resumed the online session and saved trial 2 (under the lab's lock, with the
+    lab's storage code): the server must see that before writing, so trial 2 is never written twice."""
+    from contracts.session import TrialLog
+    from experiment.session_lock import SessionLock
+    from experiment.storage import resume_session, save_info, trial_row
+
+    url, study, data = served
+    pid = "LAB2"
+    post(url, "api/start", {"params": {"participant": pid}})
+    plan = study._plans[pid]
+    for t in plan.trials[:2]:
+        assert post(url, "api/trial", answer(t, pid))[0] == 200
+    with SessionLock(data / study.experiment / f"sub-{pid}_ses-01"):
+        lab = resume_session(data, study.experiment, pid, 1, load_stimulus_set(online_study_set(study)))
+        lab.info.setdefault("runs", []).append({"started": "2026-12-02T06:00:00+00:00", "start_index": 2})
+        t = lab.trials[2]
+        frames = {"frames": 1, "frames_dropped": 0, "frame_interval_mean_ms": 16.7, "frame_interval_sd_ms": 0.1}
+        with TrialLog(lab.folder / "trials.csv") as log:
+            log.append(trial_row(lab, t, [], [[1.0, "confirm", None]], correct_assignment(t.candidate_units),
+                                 "2026-12-02T06:00:01+00:00", frames))
+        lab.info["n_trials_completed"] = 3
+        save_info(lab)
+    code, res = post(url, "api/trial", answer(plan.trials[2], pid))  # the browser's answer to the same trial
+    assert code == 409 and res.get("superseded"), res  # the lab runner's run is now the latest
+    rows = read_trials(data / study.experiment / f"sub-{pid}_ses-01")
+    assert list(rows.trial_index) == [0, 1, 2] and json.loads(rows.clicks[2]) == [[1.0, "confirm", None]]
+
+
+def online_study_set(study) -> Path:
+    return study.study_dir / "stimuli"
