@@ -14,6 +14,11 @@ EPILOG = """examples:
   fvmatch-online serve data/online/study1 --data-dir data/sessions --host 0.0.0.0 --port 8000
   # participants open  http://HOST:8000/?PROLIFIC_PID=...&STUDY_ID=...&SESSION_ID=...  (or ?workerId=... or ?participant=...)
 
+  # or run it on JATOS: a study archive to import there (trial lists for 60 participants, each trial appended to the
+  # JATOS result as it happens), then the JATOS results export into session folders
+  fvmatch-online jatos-export data/online/study1 --slots 60 --out data/online/study1.jzip
+  fvmatch-online jatos-import jatos_results.zip --study data/online/study1 --data-dir data/sessions
+
 exit status: 0 ok, 2 bad input or refused
 """
 
@@ -35,6 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default="data/sessions", metavar="DIR", help="root of session data (default: %(default)s)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for a lab network)")
     s.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    j = sub.add_parser("jatos-export", help="exported study -> a JATOS study archive (.jzip) with precomputed trial lists")
+    j.add_argument("study", metavar="STUDY_DIR", help="folder written by `fvmatch-online export`")
+    j.add_argument("--slots", type=int, default=60, metavar="N",
+                   help="trial lists (counterbalance indices 0..N-1) in the package; participant N+1 reuses slot 0 "
+                        "(default: %(default)s)")
+    j.add_argument("--out", required=True, metavar="FILE.jzip", help="archive to write")
+    j.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    i = sub.add_parser("jatos-import", help="JATOS results export (text or zip of appended lines) -> session folders")
+    i.add_argument("results", metavar="RESULTS", help="JATOS results: the exported text file or results zip")
+    i.add_argument("--study", required=True, metavar="STUDY_DIR", help="the study folder the .jzip was made from")
+    i.add_argument("--data-dir", default="data/sessions", metavar="DIR", help="root of session data (default: %(default)s)")
     return p
 
 
@@ -65,6 +81,36 @@ def main(argv: list[str] | None = None) -> int:
         if stimset.random_weights:
             print("WARNING: this stimulus set was made with RANDOM WEIGHTS: not meaningful for a study")
         print(f"serve it: fvmatch-online serve {path.parent} --data-dir data/sessions")
+        return 0
+
+    if args.command == "jatos-export":
+        from online.jatos_export import JatosExportError, export_jatos
+
+        try:
+            out = export_jatos(Path(args.study), Path(args.out), args.slots, args.overwrite)
+        except (JatosExportError, ContractError, ValueError, OSError) as e:
+            return _fail(str(e))
+        print(f"wrote {out} ({args.slots} trial lists); import it in JATOS, then after data collection: "
+              f"fvmatch-online jatos-import RESULTS --study {args.study} --data-dir data/sessions")
+        return 0
+
+    if args.command == "jatos-import":
+        from online.jatos_import import JatosImportError, import_results
+
+        try:
+            sessions, unused = import_results(Path(args.results), Path(args.study), Path(args.data_dir))
+        except (JatosImportError, ContractError, ValueError, OSError) as e:
+            return _fail(str(e))
+        for s in sessions:
+            print(f"{s.participant}: {s.status}, {s.trials} trials" + (f", {s.duplicates} repeated line(s) ignored" if s.duplicates else "")
+                  + (f" -> {s.folder}" if s.status != "skipped" else ""))
+            for p in s.problems:
+                print(f"  problem: {p}", file=sys.stderr)
+        for p in unused:
+            print(f"problem: {p}", file=sys.stderr)
+        partial = sum(s.status == "aborted" for s in sessions)
+        print(f"imported {sum(s.status != 'skipped' for s in sessions)} session(s) ({partial} partial, kept as aborted); "
+              f"{sum(len(s.problems) for s in sessions) + len(unused)} problem(s) listed above and in session.json online.jatos")
         return 0
 
     from online.server import serve_forever

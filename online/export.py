@@ -21,6 +21,7 @@ from contracts.online_study import write_study
 from contracts.session import design_sha256, now_iso
 from contracts.stimulus_set import StimulusSet
 from experiment.config import Design
+from experiment.overlap import shown_natural_files
 from experiment.design import KIND_FV, KIND_NATURAL, check_set_for_design, natural_depth, required_images, usable_images
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -67,9 +68,9 @@ def design_images(design: Design, stimset: StimulusSet) -> list[str]:
     return sorted(set(pd.concat([nat, fv])["file"]))
 
 
-def copy_checked(stimset: StimulusSet, rels: list[str], out: Path) -> dict[str, dict]:
+def copy_checked(stimset: StimulusSet, rels: list[str], out: Path, served: bool = True) -> dict[str, dict]:
     """Copy each file to img/<sha256[:20]>.png (and to stimuli/<its set path>) after checking it against the
-    manifest. Raises naming the file."""
+    manifest; ``served=False``: to stimuli/ only. Raises naming the file."""
     listed = stimset.manifest["files"]
     (out / "img").mkdir(parents=True, exist_ok=True)
     entries = {}
@@ -86,10 +87,14 @@ def copy_checked(stimset: StimulusSet, rels: list[str], out: Path) -> dict[str, 
             raise ExportError(f"{src}: sha256 {digest[:12]}... differs from the manifest ({listed[rel][:12]}...): "
                               "the stimulus set changed since it was made")
         url = f"img/{digest[:20]}.png"
+        inset = out / "stimuli" / rel
+        if not served:
+            inset.parent.mkdir(parents=True, exist_ok=True)
+            inset.write_bytes(data)
+            continue
         (out / url).write_bytes(data)
         # also under its set path in stimuli/ (never served): the server plans trials with the lab's design code,
         # which reads the shown images themselves (identical and near-duplicate photographs, experiment/overlap.py)
-        inset = out / "stimuli" / rel
         inset.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(out / url, inset)  # same bytes: a hard link where the file system allows it
@@ -152,7 +157,13 @@ def export_study(stimset: StimulusSet, design: Design, out: Path, online: dict, 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        images = copy_checked(stimset, design_images(design, stimset), tmp)
+        shown = design_images(design, stimset)
+        images = copy_checked(stimset, shown, tmp)
+        # natural images the lab's design code reads without showing them (the shared-photograph check covers every
+        # layer group of the set): into stimuli/ only, never served
+        k_nat = natural_depth(design, stimset.images)
+        read_only = sorted(set(shown_natural_files(stimset.images, k_nat).file) - set(shown))
+        copy_checked(stimset, read_only, tmp, served=False)
         copy_set_tables(stimset, tmp)
         versions = copy_jspsych(tmp, node_modules)
         write_task_files(tmp, online["title"])

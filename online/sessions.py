@@ -228,13 +228,17 @@ class OnlineStudy:
         return plan
 
     # --- requests ---------------------------------------------------------------------------
-    def start(self, body: dict) -> dict:
-        """A participant opens (or reopens) the study link: a new session, or the saved one resumed."""
+    def start(self, body: dict, slot: dict | None = None, at: str | None = None) -> dict:
+        """A participant opens (or reopens) the study link: a new session, or the saved one resumed.
+
+        ``slot`` (JATOS import, ``online.jatos_import``): the precomputed plan the page ran, {"counterbalance",
+        "seed", "rule"}, instead of the next free index and the lab's seed rule; ``at``: the page's time of the
+        start (ISO), instead of the server's clock."""
         pid, id_param, platform_ids = participant_from_params(body.get("params"))
         client = body.get("client") or {}
         if not isinstance(client, dict):
             raise RequestError(400, "'client' must be an object")
-        run = {"started": now_iso(), "user_agent": _text(client.get("user_agent", ""), "client.user_agent", 400)}
+        run = {"started": at or now_iso(), "user_agent": _text(client.get("user_agent", ""), "client.user_agent", 400)}
         with self._writing(pid):
             folder = self._folder(pid)
             if (folder / SESSION_FILE).is_file():
@@ -243,13 +247,20 @@ class OnlineStudy:
                     raise RequestError(409, f"participant {pid} already took part in this study (one participation per id)")
                 self._plans.pop(pid, None)
                 plan = self._plan(pid)
+                if slot and (plan.info["design"]["counterbalance"], plan.info["seed"]) != (slot["counterbalance"], slot["seed"]):
+                    raise RequestError(409, f"participant {pid}: reopened with another plan (counterbalance "
+                                            f"{slot['counterbalance']}, seed {slot['seed']}) than the session's")
                 resumed = True
             else:
                 with self._new_lock:  # counterbalance indices are assigned one at a time
-                    k = self.next_counterbalance()
+                    k = slot["counterbalance"] if slot else self.next_counterbalance()
                     plan = new_session(self.data_dir, self.experiment, pid, SESSION_NUMBER, self.design, self.stimset,
-                                       counterbalance=k)
-                    plan.info["design"]["counterbalance_rule"] = "assigned by fvmatch-online serve: smallest index unused in this experiment"
+                                       counterbalance=k, seed=slot["seed"] if slot else None,
+                                       allow_duplicate_counterbalance=bool(slot))
+                    plan.info["design"]["counterbalance_rule"] = (slot["rule"] if slot else
+                                                                  "assigned by fvmatch-online serve: smallest index unused in this experiment")
+                    if at:
+                        plan.info["started"] = at
                     plan.info["stimulus_set"]["path"] = str((self.study_dir / "stimuli").resolve())
                     plan.info["mode"] = "online"
                     plan.info["monitor"] = {"name": "browser", "distance_cm": None, "width_cm": None, "resolution": None}
@@ -265,17 +276,21 @@ class OnlineStudy:
             plan.info.setdefault("runs", []).append(run)
             plan.info["status"] = "running"
             self._save(pid, plan)
-            ns = sorted({t.n_images for t in plan.trials})
-            return {
-                "participant": pid, "experiment": self.experiment, "resumed": resumed, "run": len(plan.info["runs"]) - 1,
-                "start_index": plan.info["n_trials_completed"], "n_trials": len(plan.trials),
-                "trials": [browser_trial(t, self.urls) for t in plan.trials],
-                "layouts": {str(n): layout_json(n, self.design["display"]) for n in ns},
-                "display": self.design["display"], "timing": self.design["timing"],
-                "assumed_distance_cm": self.design["monitor"]["distance_cm"],
-                "online": {k: self.config[k] for k in ("min_width_px", "min_height_px", "blindspot_reps")},
-                "random_weights": self.study["stimulus_set"]["random_weights"],
-            }
+            return {"participant": pid, "experiment": self.experiment, "resumed": resumed, "run": len(plan.info["runs"]) - 1,
+                    "start_index": plan.info["n_trials_completed"], **self.page_plan(plan.trials)}
+
+    def page_plan(self, trials: list[TrialSpec]) -> dict:
+        """What the page needs to run a trial list (no unit ids, no answers): the start answer, and the JATOS
+        package's precomputed plans."""
+        ns = sorted({t.n_images for t in trials})
+        return {
+            "n_trials": len(trials), "trials": [browser_trial(t, self.urls) for t in trials],
+            "layouts": {str(n): layout_json(n, self.design["display"]) for n in ns},
+            "display": self.design["display"], "timing": self.design["timing"],
+            "assumed_distance_cm": self.design["monitor"]["distance_cm"],
+            "online": {k: self.config[k] for k in ("min_width_px", "min_height_px", "blindspot_reps")},
+            "random_weights": self.study["stimulus_set"]["random_weights"],
+        }
 
     def record_trial(self, body: dict) -> dict:
         pid, _, _ = participant_from_params(body.get("params"))
@@ -369,7 +384,7 @@ class OnlineStudy:
             self._save(pid, plan)
             return {"ok": True}
 
-    def finish(self, body: dict) -> dict:
+    def finish(self, body: dict, at: str | None = None) -> dict:
         pid, _, _ = participant_from_params(body.get("params"))
         with self._writing(pid):
             plan = self._plan(pid)
@@ -378,7 +393,7 @@ class OnlineStudy:
             if n != len(plan.trials):
                 raise RequestError(409, f"participant {pid}: {n} of {len(plan.trials)} trials recorded; the session is not finished",
                                    next_index=n)
-            plan.info["status"], plan.info["ended"] = "completed", now_iso()
+            plan.info["status"], plan.info["ended"] = "completed", at or now_iso()
             if plan.info.get("runs"):
                 plan.info["runs"][-1].update(ended=plan.info["ended"], status="completed")
             self._save(pid, plan)

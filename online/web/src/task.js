@@ -5,11 +5,17 @@
  * chinrest: credit card, blind spot), preloads the images, runs the trials and posts each one as soon as it
  * is answered; the next trial starts only after the server has saved it (fsync). A reload or a new browser
  * asks the server again and continues after the last saved trial.
+ *
+ * In a JATOS study package (fvmatch-online jatos-export; jatos.js is loaded first) there is no fvmatch server:
+ * the page takes a precomputed plan (plans/slot-<k>.json, the lab's trial list for counterbalance index k) from
+ * the JATOS batch session and appends each start, event, trial and finish to the JATOS result as one JSON line
+ * (jatos.appendResultData) as it happens; a reload continues from the study session data.
  */
 "use strict";
 
 const API = "api/";
-const params = Object.fromEntries(new URLSearchParams(window.location.search));
+const JATOS = typeof window.jatos !== "undefined";
+let params = Object.fromEntries(new URLSearchParams(window.location.search));
 let jsPsych = null;
 let study = null; // the api/start answer
 let pxPerDeg = null;
@@ -18,6 +24,7 @@ let pxPerDeg = null;
 // Server calls: retried while the network is down, so an answer is never lost on the way.
 
 async function post(path, body, { retry = true } = {}) {
+  if (JATOS) return jatosPost(path, body);
   let wait = 500;
   for (;;) {
     let resp;
@@ -43,6 +50,76 @@ async function post(path, body, { retry = true } = {}) {
     }
     return { status: resp.status, data };
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JATOS: the same four calls, answered in the page; every record is appended to the JATOS result.
+
+const ID_PARAMS = ["PROLIFIC_PID", "workerId", "participant"]; // as online/sessions.py: first present wins
+let jt = null; // {pid, slot, run, next, plan, completionUrl}
+
+async function fetchJson(url) {
+  for (let wait = 500; ; wait = Math.min(wait * 2, 8000)) {
+    try { const r = await fetch(url); if (r.ok) return await r.json(); } catch (err) { /* retried */ }
+    notice("Connection lost. Retrying..."); await sleep(wait);
+  }
+}
+
+async function jatosAppend(kind, body) {
+  const line = JSON.stringify({ fvmatch: kind, pid: jt.pid, slot: jt.slot, plan_id: jt.plan.plan_id, run: jt.run, t: isoNow(), ...body }) + "\n";
+  for (let wait = 500; ; wait = Math.min(wait * 2, 8000)) {
+    try { await jatos.appendResultData(line); notice(null); return; } catch (err) {
+      notice("Connection lost. Retrying... (your answers so far are saved)"); await sleep(wait);
+    }
+  }
+}
+
+function jatosSaveState() {
+  const p = jatos.setStudySessionData({ fvmatch: { pid: jt.pid, slot: jt.slot, run: jt.run, next: jt.next } });
+  return Promise.resolve(p).catch(() => {}); // only for a reload; the result lines are the data
+}
+
+async function jatosSlot(n) {
+  // the batch session counts the slots handed out, so participants take consecutive counterbalance indices
+  for (let i = 0; i < 5; i++) {
+    try {
+      const k = Number(jatos.batchSession.get("fvmatch_next_slot") || 0);
+      await jatos.batchSession.set("fvmatch_next_slot", k + 1);
+      return k % n;
+    } catch (err) { await sleep(200 * (i + 1)); }
+  }
+  return (Number(jatos.studyResultId) || 0) % n;
+}
+
+async function jatosPost(path, body) {
+  const { params: _p, run: _r, ...rest } = body || {};
+  if (path === "start") {
+    params = { ...(jatos.urlQueryParameters || {}) };
+    const key = ID_PARAMS.find((k) => params[k]);
+    if (!key) params.participant = `jatos${jatos.workerId}`;
+    const pid = params[key || "participant"];
+    const index = await fetchJson("plans/index.json");
+    const saved = (jatos.studySessionData || {}).fvmatch;
+    const again = saved && saved.pid === pid;
+    const slot = again ? saved.slot : await jatosSlot(index.n_slots);
+    const plan = await fetchJson(`plans/slot-${String(slot).padStart(3, "0")}.json`);
+    jt = { pid, slot, run: again ? saved.run + 1 : 0, next: again ? saved.next : 0, plan, completionUrl: index.completion_url };
+    await jatosSaveState();
+    await jatosAppend("start", { params, client: rest.client, counterbalance: plan.counterbalance, seed: plan.seed,
+                                 start_index: jt.next, jatos: { studyResultId: jatos.studyResultId, workerId: jatos.workerId } });
+    return { status: 200, data: { ...plan, participant: pid, run: jt.run, start_index: jt.next, resumed: jt.run > 0 } };
+  }
+  if (path === "trial") {
+    await jatosAppend("trial", rest);
+    jt.next = rest.trial_index + 1;
+    await jatosSaveState();
+    const answer = jt.plan.practice_answers[String(rest.trial_index)];
+    const feedback = answer ? { correct: answer.map((c, i) => rest.assignment[i] === c), answer } : undefined;
+    return { status: 200, data: { saved: rest.trial_index, next_index: jt.next, feedback } };
+  }
+  if (path === "event") { await jatosAppend("event", rest); return { status: 200, data: { ok: true } }; }
+  await jatosAppend("finish", {}); // path === "finish"
+  return { status: 200, data: { completed: true, completion_url: jt.completionUrl } };
 }
 
 function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
@@ -339,7 +416,10 @@ function endScreen() {
       const el = document.getElementById("fv-end");
       if (status !== 200) { el.textContent = `Could not finish: ${data.error}`; return; }
       if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
-      if (data.completion_url) {
+      if (JATOS) {
+        el.textContent = "Thank you! The session is over." + (data.completion_url ? " You are now sent back to confirm your participation..." : "");
+        setTimeout(() => (data.completion_url ? jatos.endStudyAndRedirect(data.completion_url) : jatos.endStudy()), 3000);
+      } else if (data.completion_url) {
         el.innerHTML = "Thank you! The session is over. You are now sent back to confirm your participation... ";
         const a = document.createElement("a"); a.href = data.completion_url; a.textContent = "(click here if nothing happens)";
         el.appendChild(a);
@@ -392,4 +472,4 @@ async function main() {
   await jsPsych.run(timeline);
 }
 
-window.addEventListener("load", main);
+if (JATOS) jatos.onLoad(main); else window.addEventListener("load", main);
