@@ -315,3 +315,16 @@ def test_results_of_another_study_are_refused(page_lines, small_study, tmp_path)
     sessions, _, data = _import(wrong, tmp_path, small_study)
     assert sessions[0].status == "skipped" and "not from a jatos-export of this study" in sessions[0].problems[0]
     assert not (data / "jatos").exists() or not any((data / "jatos").iterdir())
+
+
+def test_a_design_with_some_layer_groups_starts_sessions(small_study, tmp_path):
+    """The lab's design code reads the natural images of every layer group of the set (the shared-photograph check),
+    not only the design's: the export carries them (unserved), so a one-group design serves sessions."""
+    from online.server import _STATIC
+    from online.sessions import OnlineStudy
+
+    study = OnlineStudy(small_study, tmp_path / "data")
+    answer = study.start({"params": {"participant": "G1"}})
+    assert answer["n_trials"] == 8 and not answer["resumed"]
+    unserved = [p for p in (small_study / "stimuli").rglob("*.png")]
+    assert unserved and not any(_STATIC.match(p.relative_to(small_study).as_posix()) for p in unserved)
