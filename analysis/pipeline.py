@@ -168,6 +168,14 @@ def _figure_title(loaded) -> str:
     return " · ".join(flags) + (" — not a study result" if flags else "")
 
 
+def _not_evaluated(ex: dict) -> dict[tuple[str, str], list[str]]:
+    """(rule, why) -> the sessions it could not be judged for, for the report's one line per reason."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for n in ex["not_evaluated"]:
+        out.setdefault((n["rule"], n["why"]), []).append(f"{n['participant']} ses {n['session']}")
+    return out
+
+
 def _round(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return df[[c for c in cols if c in df]].copy()
 
@@ -321,7 +329,7 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
         "participants excluded: " + ("; ".join(f"{e['participant']} ({e['reason']})" for e in ex["excluded_participants"])
                                      or "none"),
         "rules not evaluated (session kept for that rule): " + ("; ".join(
-            f"{n['participant']} ses {n['session']} {n['rule']} ({n['why']})" for n in ex["not_evaluated"]) or "none"),
+            f"{rule} for {', '.join(who)} ({why})" for (rule, why), who in _not_evaluated(ex).items()) or "none"),
         "participants without catch trials (kept, not checked): " + (", ".join(ex["participants_without_catch_trials"]) or "none"),
         f"incomplete sessions (policy: {ex['incomplete_policy']}): " + ("; ".join(
             f"{i['participant']} ses {i['session']} ({i['status']}, {i['n_trials_completed']}/{i['n_trials_planned']} "

@@ -208,7 +208,7 @@ def test_lab_and_online_sessions_are_judged_by_the_same_rules(online_study, fixt
     assert set(analysed.participant) == {"W02", "L03"}
     md = (out / "report.md").read_text()
     assert "W01 (3.0 s on the instructions < 10 s)" in md and f"sha256 {ex['rules']['sha256'][:16]}" in md
-    assert "L03 ses 1 instructions (not recorded (a lab session written before session schema 1.5))" in md
+    assert "instructions for L03 ses 1 (not recorded (a lab session written before session schema 1.5))" in md
 
 
 def test_bad_rules_file_stops_the_analysis_naming_file_and_key(tmp_path, capsys):
