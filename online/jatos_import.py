@@ -187,13 +187,17 @@ class Importer:
             info.setdefault("online", {})["jatos"] = {
                 "source": str(self.source), "lines": len(lines), "duplicates_ignored": out.duplicates,
                 "problems": out.problems, "partial": not finished,
-                "why_partial": None if finished else (f"no finish line: the page stopped after trial "
-                                                      f"{info['n_trials_completed'] - 1} of {info['n_trials_planned']}")}
+                "why_partial": None if finished else _why_partial(info["n_trials_completed"], info["n_trials_planned"])}
             if not finished:
                 info["status"] = "aborted"
                 if info.get("runs"):
                     info["runs"][-1].setdefault("status", "aborted")
             write_session_info(folder, info)
+
+
+def _why_partial(n_done: int, n_planned: int) -> str:
+    where = f"after trial {n_done - 1}" if n_done else "before its first trial"
+    return f"no finish line: the page stopped {where} ({n_done} of {n_planned} trials recorded)"
 
 
 def import_results(results: Path, study_dir: Path, data_dir: Path) -> tuple[list[ImportedSession], list[str]]:
