@@ -215,9 +215,10 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
                              "F": getattr(t, "F", np.nan), "ddf": getattr(t, "ddf", np.nan), "p_value": t.p_value,
                              "status": f.status})
         B.append(Block("table", pd.DataFrame(rows),
-                       "Joint Wald chi-square tests of contrasts of model-based means with equal weights over the "
-                       "other factors (emmeans-style). The layer main effect is a between-unit contrast: its p-value "
-                       "is from F = chi2/df on (df, units - layer groups) degrees of freedom (ddf), because the "
+                       "Joint Wald tests of contrasts of model-based means with equal weights over the other factors "
+                       "(emmeans-style); p-values from F = chi2/df on (df, ddf) with Satterthwaite denominator degrees "
+                       "of freedom (ddf; they account for the estimated random-effect SDs). The layer main effect is "
+                       "a between-unit contrast: its ddf are few (capped at units - layer groups), because the "
                        "chi-square alone, which treats the unit SD as known, was anticonservative with about 10 units "
                        "per layer group. glmm_trial (primary): whole-trial correctness; glmm_row: per-row correctness "
                        "with trial-clustered sandwich SEs. Levels under the null, checked on two generators: "
