@@ -163,8 +163,13 @@ def test_reported_tests_hold_their_level_under_the_null(model, generator):
     if opts.sd_intervals:
         truth_sd = {"participant": spec.sd_participant, "unit": spec.sd_unit}
         _print("SD intervals (truth of the generator's own scale)", sd_coverage(res.random[res.random.model == model], truth_sd))
-    reported = rates[rates.model == model]
-    assert reported.rejection.between(0.03, 0.07).all(), reported
+    reported = rates[rates.model == model].set_index("test").rejection
+    assert 0.03 <= reported["trial type x layer group (interaction)"] <= 0.07, reported
+    # The layer test (F on Satterthwaite df) is valid but conservative on the primary model's own generator: 0.015
+    # (3/200) there, 0.03 on the independent one, where the containment df gave 0.06 and 0.10 (analysis/README.md).
+    # Its lower bound is therefore 0.01, not the 0.03: a level below alpha costs power (measured there), a
+    # level above it is a false claim.
+    assert 0.01 <= reported["layer group (main effect)"] <= 0.07, reported
     floor, ceiling = coverage_bounds(N_REPLICATES, len(cov))
     assert cov.coverage.between(floor, ceiling).all(), (floor, ceiling, cov)
     assert 0.93 <= cov.coverage.mean() <= 0.97, cov  # the terms together: no systematic under- or over-coverage
