@@ -33,8 +33,8 @@ def coverage_bounds(replicates: int, terms: int, nominal: float = 0.95, familywi
     """Range of one term's observed coverage that a correctly calibrated 95% interval leaves with probability
     1 - familywise/terms on each side (binomial over replicates, Bonferroni over terms). A fixed floor of 0.90 at 100
     replicates fails a perfectly calibrated interval with probability 0.0115 per term, about 0.19 for one of 18 terms:
-    the glmm_trial study failed that way (n[T.5] 0.89 at 100 replicates; 0.925 at 200 and 0.947 [0.927, 0.962] at
-    600, analysis/README.md). At 200 replicates and 18 terms the range is [0.89, 0.995]."""
+    the glmm_trial study failed that way (n[T.5] 0.89 at 100 replicates; 0.925 at 200 and 0.938 [0.909, 0.959] at
+    400, analysis/README.md). At 200 replicates and 18 terms the range is [0.89, 0.995]."""
     lo = stats.binom.ppf(familywise / (2 * terms), replicates, nominal)
     hi = stats.binom.isf(familywise / (2 * terms), replicates, nominal)
     return float(lo / replicates), float(min(hi, replicates) / replicates)
