@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             if t is None or t.empty or not t.df.iloc[0]:
                 return "not testable"
             if "ddf" in t and t.ddf.notna().iloc[0]:
-                return f"F({int(t.df.iloc[0])}, {int(t.ddf.iloc[0])}) = {t.F.iloc[0]:.2f}, p = {t.p_value.iloc[0]:.3g}"
+                return f"F({int(t.df.iloc[0])}, {t.ddf.iloc[0]:.1f}) = {t.F.iloc[0]:.2f}, p = {t.p_value.iloc[0]:.3g}"
             return f"chi2({int(t.df.iloc[0])}) = {t.chi2.iloc[0]:.2f}, p = {t.p_value.iloc[0]:.3g}"
         print(f"{f.name:14s} [{f.status}] layer: {fmt(lay)}; type x layer: {fmt(inter)}")
     print(f"report: {Path(args.out) / 'report.html'}")

@@ -27,7 +27,8 @@ with about 10 units per layer group the layer test (a between-unit contrast) the
 of simulations at alpha = 0.05 (5% with ``laplace``; analysis/README.md). Its mean-field ``fe_sd`` is far too
 small in any case, so its SEs also come from the Hessian. Priors: N(0, fe_prior_sd^2) on fixed effects (10 by
 default: negligible at realistic sizes, it keeps separated estimates finite) and a flat prior on each random-effect
-SD in [0, 20] (or N(0, vcp_prior_sd^2) on the log SDs); p-values are Wald tests on the Laplace covariance.
+SD in [0, 20] (or N(0, vcp_prior_sd^2) on the log SDs); p-values are Wald tests on the Laplace covariance, as F on
+Satterthwaite denominator df (analysis.satterthwaite; the layer test's capped at units - layer groups).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -44,6 +46,7 @@ from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 
 from analysis.accuracy import rows_long
 from analysis.laplace import fit_laplace, log_sd_covariance
+from analysis.satterthwaite import contrast_ddf, cov_jacobian, sd_covariance
 
 try:  # optional (present with PsychoPy's dependencies); without it BLAS keeps its default threads
     from threadpoolctl import threadpool_limits
@@ -232,29 +235,38 @@ def wald(L: np.ndarray, b: np.ndarray, V: np.ndarray) -> tuple[float, int, float
 
 
 def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarray, V: np.ndarray,
-                        scale: str, method: str, n_units: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        scale: str, method: str, n_units: int = 0,
+                        ddf_fn: Callable[[np.ndarray], float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tests of each factor (averaged over the others) and of type x layer; contrasts of type per layer and
     model-based means per type x layer (random effects at zero).
 
-    The layer main effect is a between-unit contrast (every unit belongs to one layer group): its information
-    comes from ``n_units`` units, and the Wald chi-square, which treats the unit SD as known, rejected a true
-    null in 8.5% of 200 simulated studies with 10 units per group (analysis/README.md). With ``n_units`` given,
-    that test is an F test, F = chi2 / df on (df, n_units - number of layer groups) degrees of freedom (the
-    "between-within" denominator: the unit-level residual df of a between-unit design). The other tests are
-    within participants and units and stay chi-square."""
+    Every test is F = chi2 / df on (df, ddf) when ``ddf_fn`` (L -> Satterthwaite denominator df, see
+    analysis.satterthwaite) is given; without it, chi-square. The layer main effect is a between-unit contrast
+    (every unit belongs to one layer group): its information comes from ``n_units`` units, so its ddf is also
+    capped at the containment df n_units - layer groups (with ``n_units`` given; without ``ddf_fn`` it is that
+    df). The Wald chi-square, which treats the unit SD as known, rejected a true null in 8.5-12.5% of 200
+    simulated studies with 10 units per group, F on the containment df still in 10% on the independent generator
+    (analysis/README.md)."""
     grid = _grid(frame, rhs)
     Xg = np.asarray(patsy.build_design_matrices([design_info], grid)[0])
     tests, cons = [], []
     types, layers = list(frame.type.cat.categories), list(frame.layer.cat.categories)
     ddf_layer = n_units - len(layers)
 
-    def add_test(name, L, what, ddf=0):
+    def add_test(name, L, what, between_units=False):
         chi2, df, p = wald(L, b, V) if L is not None else (np.nan, 0, np.nan)
         rec = {"test": name, "chi2": chi2, "df": df, "p_value": p, "method": method if df else what,
                "F": np.nan, "ddf": np.nan}
-        if df and ddf > 0:
+        if not df:
+            tests.append(rec)
+            return
+        ddf = ddf_fn(L) if ddf_fn is not None else np.inf
+        how = "Satterthwaite" if ddf_fn is not None else ""
+        if between_units and ddf_layer > 0 and not ddf <= ddf_layer:
+            ddf, how = float(ddf_layer), (how + ", capped at " if how else "") + "units - layer groups (between-unit contrast)"
+        if np.isfinite(ddf) and ddf > 0:
             rec.update(F=chi2 / df, ddf=ddf, p_value=float(stats.f.sf(chi2 / df, df, ddf)),
-                       method=f"{method}; F = chi2/df on ({df}, {ddf}) df: units - layer groups (between-unit contrast)")
+                       method=f"{method}; F = chi2/df on ({df}, {ddf:.1f}) df: {how}")
         tests.append(rec)
 
     for f, label in (("layer", "layer group (main effect)"), ("type", "trial type (main effect)"), ("n", "n images (main effect)")):
@@ -262,7 +274,7 @@ def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarra
         if len(mm) < 2 or f not in rhs:
             add_test(label, None, f"not testable: '{f}' is not in the fitted model")
             continue
-        add_test(label, (mm.iloc[1:].to_numpy() - mm.iloc[[0]].to_numpy()), "", ddf_layer if f == "layer" and n_units else 0)
+        add_test(label, (mm.iloc[1:].to_numpy() - mm.iloc[[0]].to_numpy()), "", between_units=f == "layer" and n_units > 0)
     if len(types) == 2 and len(layers) >= 2 and "type" in rhs and "layer" in rhs:
         mm = _marginal_rows(grid, Xg, ["type", "layer"])
         gap = {l: mm.loc[(types[1], l)].to_numpy() - mm.loc[(types[0], l)].to_numpy() for l in layers}
@@ -358,6 +370,30 @@ def _robust_cov(model, params, A, lik, clusters: np.ndarray, keep: np.ndarray) -
     return _embed(Binv @ meat @ Binv, keep, A.shape[0])
 
 
+def _covariance(model, params: np.ndarray, clusters: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Covariance of (fe, vcp, vc) conditional on the variance components (lme4's use.hessian = FALSE; zero in
+    the vcp rows): the inverse (fe, vc) block of the Hessian, positive definite whenever the priors are proper,
+    also when an SD collapses towards zero, where the joint Hessian including log-SDs is not (the funnel). With
+    ``clusters``: the clustered sandwich (reported) and the model covariance."""
+    A, lik = neg_hessian(model, params)
+    kf, kp = model.k_fep, model.k_vcp
+    keep = np.r_[0:kf, kf + kp:A.shape[0]]
+    V_model = _embed(np.linalg.inv(A[np.ix_(keep, keep)]), keep, A.shape[0])
+    V = V_model if clusters is None else _robust_cov(model, params, A, lik, clusters, keep)
+    return V, V_model
+
+
+def _satterthwaite_ddf(model, lf, clusters: np.ndarray | None, Vb: np.ndarray) -> Callable[[np.ndarray], float]:
+    """L -> Satterthwaite ddf of the Wald F test of L b = 0: the fixed-effect covariance (the reported one,
+    sandwich included) as a function of the SDs, and the SDs' covariance from the curvature of the restricted
+    Laplace likelihood (analysis.satterthwaite)."""
+    prob, kf = lf.problem, model.k_fep
+    A, comps = sd_covariance(prob.log_objective_sd, lf.sd)
+    dV = cov_jacobian(lambda sd: _covariance(model, prob.params_at_sd(sd), clusters)[0][:kf, :kf], lf.sd, comps)
+    prob.params_at_sd(lf.sd)  # leave the warm start at the estimate
+    return lambda L: contrast_ddf(L, Vb, dV, A)
+
+
 def _one_blas_thread(fn):
     """Run a fit with one BLAS thread. The fits are many small dense products (BFGS updates over a few hundred
     parameters): BLAS threads only add overhead there, and on shared cores they made fit_vb ten times slower
@@ -432,15 +468,8 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
                     fit.warnings.append(f"fit_{opts.estimator} did not converge ({r.message}; max |gradient| {gnorm:.2g})")
     fit.warnings += _dedupe([f"{w.category.__name__}: {w.message}" for w in caught
                              if "did not converge" not in str(w.message)])  # judged above by the final gradient
-    A, lik = neg_hessian(model, params)
     kf, kp = model.k_fep, model.k_vcp
-    # Fixed-effect covariance conditional on the variance components (lme4's use.hessian = FALSE): the (fe, vc)
-    # block of the Hessian. It is positive definite whenever the priors are proper, also when an SD
-    # collapses towards zero, where the joint Hessian including log-SDs is not (the funnel).
-    keep = np.r_[0:kf, kf + kp:A.shape[0]]
-    Ac = A[np.ix_(keep, keep)]
-    V_model = _embed(np.linalg.inv(Ac), keep, A.shape[0])
-    V = V_model if clusters is None else _robust_cov(model, params, A, lik, clusters, keep)
+    V, V_model = _covariance(model, params, clusters)
     b = params[:kf]
     Vb = V[:kf, :kf]
     se = np.sqrt(np.clip(np.diag(Vb), 0, None))
@@ -472,9 +501,11 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
                              "that component, harmless for the fixed effects")
         elif lo == 0:
             fit.notes.append(f"the {comp} SD ({sd:.3f}) is not distinguishable from 0 (its 95% interval reaches 0)")
+    ddf_fn = (_satterthwaite_ddf(model, lf, clusters, Vb) if opts.estimator == "laplace" and lf.sd is not None
+              and lf.problem is not None else None)
     fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, Vb, "logit",
                                                    "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""),
-                                                   n_units=n_units if "unit" in blocks else 0)
+                                                   n_units=n_units if "unit" in blocks else 0, ddf_fn=ddf_fn)
     fit.seconds = time.perf_counter() - t0
     fit.status = _status(fit)
     return fit

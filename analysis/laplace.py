@@ -51,6 +51,7 @@ class LaplaceFit:
     message: str
     sd: np.ndarray | None = None  # SDs (exactly 0 at the boundary); exp of the log SDs in ``params`` otherwise
     sd_ci: np.ndarray | None = None  # k x 2, 95% intervals of the SDs (flat prior: likelihood-ratio; may reach 0)
+    problem: "_Problem | None" = None  # for further evaluations at other SDs (Satterthwaite df; analysis.satterthwaite)
 
 
 class _Problem:
@@ -111,6 +112,12 @@ class _Problem:
         normalisers = -np.sum(theta[self.ident])
         prior = 0.0 if self.flat_sd_prior else -0.5 * float(theta @ theta) / self.vcp_p**2
         return f + normalisers - 0.5 * np.linalg.slogdet(H)[1] + prior
+
+    def params_at_sd(self, sd: np.ndarray) -> np.ndarray:
+        """statsmodels' parameter vector (fixed effects, log SDs, random effects) at the conditional mode for ``sd``."""
+        theta = np.log(np.maximum(np.asarray(sd, dtype=float), SD_FLOOR))
+        u, _, _ = self.conditional_mode(theta)
+        return np.r_[u[:self.kf], theta, u[self.kf:]]
 
     def log_objective_sd(self, sd: np.ndarray) -> float:
         """Flat prior on the SDs: the Laplace restricted log likelihood as a function of the SDs themselves."""
@@ -185,7 +192,7 @@ def _fit_flat(prob: _Problem, k_vcp: int, start_sd: float, xatol: float, fatol: 
     if at_max:
         message += f"; SD of component(s) {at_max} at the search bound {SD_MAX}"
     return LaplaceFit(params=params, log_posterior=top, evaluations=evals, converged=bool(res.success) and not at_max,
-                      message=message, sd=sd, sd_ci=ci)
+                      message=message, sd=sd, sd_ci=ci, problem=prob)
 
 
 def log_sd_covariance(model, params: np.ndarray, h: float = 1e-3) -> np.ndarray:

@@ -34,7 +34,7 @@ PRIMARY_TESTS = ("layer group (main effect)", "trial type x layer group (interac
 
 @dataclasses.dataclass
 class StudyResult:
-    tests: pd.DataFrame  # seed, model, test, chi2, df, p_value, status
+    tests: pd.DataFrame  # seed, model, test, chi2, df, F, ddf, p_value, status
     fixed: pd.DataFrame  # seed, model, term, estimate, se, ci_low, ci_high
     random: pd.DataFrame  # seed, model, component, sd, sd_ci_low, sd_ci_high
     seconds: float
@@ -67,7 +67,7 @@ def run_study(spec: SimulationSpec, seeds: Iterable[int], models: Iterable[str] 
             fit = FITTERS[name](main, opts)
             tag = {"seed": seed, "model": name, "status": fit.status}
             if len(fit.tests):
-                tests.append(fit.tests[["test", "chi2", "df", "p_value"]].assign(**tag))
+                tests.append(fit.tests.reindex(columns=["test", "chi2", "df", "F", "ddf", "p_value"]).assign(**tag))
             if len(fit.fixed):
                 fixed.append(fit.fixed[["term", "estimate", "se", "ci_low", "ci_high"]].assign(**tag))
             if len(fit.random):
