@@ -28,12 +28,14 @@ import pandas as pd
 from contracts.common import ContractError, check_schema, sha256_json, read_json, read_table, require_fields, write_json_atomic
 
 SCHEMA = "fvmatch.session"
-SCHEMA_VERSION = "1.4"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3: mode and online
-# (online sessions), stimulus_set.manipulation, and OPTIONAL_FIELDS_1_3; 1.4: practice_units
+SCHEMA_VERSION = "1.5"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3: mode and online
+# (online sessions), stimulus_set.manipulation, and OPTIONAL_FIELDS_1_3; 1.4: practice_units;
+# 1.5: simulated_observer
 # Fields session.json gained in 1.3 (all optional: files written before lack them and still read).
 # design_sha256 leaves out [monitor] since 1.3 (display_sha256 holds the screen's fingerprint).
 OPTIONAL_FIELDS_1_3 = ("mode", "online", "display_sha256", "participant_info", "shared_images", "repetition", "breaks")
 OPTIONAL_FIELDS_1_4 = ("practice_units",)  # experiment.storage.practice_units_record
+OPTIONAL_FIELDS_1_5 = ("simulated_observer",)  # experiment.image_observer.observer_record
 SESSION_FILE = "session.json"
 TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"
