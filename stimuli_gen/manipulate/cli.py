@@ -37,6 +37,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fv-per-unit", type=int, default=2, help="visualizations per unit in the verification (0: none)")
     p.add_argument("--fv-steps", type=int, default=128, help="optimization steps of those visualizations (default 128)")
     p.add_argument("--fv-size", type=int, default=128, help="their size in px (default 128)")
+    p.add_argument("--labels", default=None, help="class labels for top-1 accuracy in the verification report: "
+                   "'folders' (one folder per class, ImageNet val's synset layout) or a CSV path,label (default: none)")
+    p.add_argument("--class-index", default=None, help="CSV label,index: the logit of each label (default: the "
+                   "position of the label in sorted order, ImageNet's synset order)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     p.add_argument("--no-progress", action="store_true", help="quiet")
 
@@ -104,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                   builtin_dir=args.builtin_dir, model=args.model, weights=args.weights, seed=args.seed,
                   holdout_fraction=args.holdout_fraction, min_images=args.min_images, resize=args.resize,
                   crop=args.crop, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                  fv_per_unit=args.fv_per_unit, fv_steps=args.fv_steps, fv_size=args.fv_size,
-                  overwrite=args.overwrite, progress=not args.no_progress)
+                  fv_per_unit=args.fv_per_unit, fv_steps=args.fv_steps, fv_size=args.fv_size, labels=args.labels,
+                  class_index=args.class_index, overwrite=args.overwrite, progress=not args.no_progress)
     try:
         if args.command == "silent":
             from stimuli_gen.manipulate.make import SilentOptions, make_silent
