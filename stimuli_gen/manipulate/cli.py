@@ -27,7 +27,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="base network (lucid_inceptionv1: not implemented yet)")
     p.add_argument("--weights", default="pretrained", help="base weights: pretrained, random, or PATH to a state dict")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split, directions and renders (default 0)")
-    p.add_argument("--holdout-fraction", type=float, default=0.2, help="natural images held out for verification (default 0.2)")
+    p.add_argument("--holdout-fraction", type=float, default=0.2, help="natural images held out for verification (default 0.2; 0: all set the biases, as a control whose "
+                   "stimulus set uses this same collection needs)")
     p.add_argument("--min-images", type=int, default=50, help="fewest natural images that may set the manipulation (default 50)")
     p.add_argument("--resize", type=int, default=256, help="resize short side to N (default 256)")
     p.add_argument("--crop", type=int, default=224, help="center crop N x N (default 224)")

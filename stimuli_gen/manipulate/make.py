@@ -70,11 +70,14 @@ def parse_units(specs: list[str]) -> list[tuple[str, int]]:
 
 
 def split_collection(n: int, holdout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of collection indices into (bias / training images, held-out images), each sorted."""
-    if not 0 < holdout_fraction < 1:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {holdout_fraction}")
+    """Seeded split of collection indices into (bias / training images, held-out images), each sorted.
+    ``holdout_fraction = 0``: every image sets the biases, none is held out (a control whose stimulus set
+    is made from this same collection needs that: a held-out image may trip a silent filter, and then
+    the manipulated set's exemplars are not the original's)."""
+    if not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {holdout_fraction}")
     perm = np.random.default_rng(seed).permutation(n)
-    k = max(1, int(round(holdout_fraction * n)))
+    k = 0 if holdout_fraction == 0 else max(1, int(round(holdout_fraction * n)))
     return sorted(int(i) for i in perm[k:]), sorted(int(i) for i in perm[:k])
 
 
@@ -302,6 +305,8 @@ def train_classifier(opts: TrainOptions) -> dict:
         if l not in base.net.channels:
             raise ValueError(f"unknown layer {l!r}; layers: {list(base.net.layer_names)}")
     paths, source = _collection(opts)  # type: ignore[arg-type]
+    if opts.holdout_fraction <= 0:
+        raise ValueError("train-classifier needs held-out natural images to measure its accuracy (--holdout-fraction > 0)")
     train_idx, held_idx = split_collection(len(paths), opts.holdout_fraction, opts.seed)
     if len(train_idx) < opts.min_images:
         raise ValueError(f"collection {source} is too small to train the classifier: {len(train_idx)} training images, "

@@ -160,8 +160,13 @@ def to_markdown(report: dict) -> str:
                              f"{r['top1_accuracy_manipulated']:.4f} |")
     else:
         lines += ["No accuracy: the collection has no labels (`--labels folders` or `--labels FILE.csv`)."]
-    lines += ["", "Per unit, largest absolute difference of the activation map on held-out images:", ""]
-    lines += [f"- {u}: {d:.3g}" for u, d in held["max_abs_diff_unit_activation"].items()]
+    if held["n_images"]:
+        lines += ["", "Per unit, largest absolute difference of the activation map on held-out images:", ""]
+        lines += [f"- {u}: {d:.3g}" for u, d in held["max_abs_diff_unit_activation"].items()]
+    else:
+        lines += ["", "No held-out images (--holdout-fraction 0): every image of the collection set the manipulation, "
+                  "so a stimulus set made from this collection has the original network's exemplars; the held-out "
+                  "behaviour of the manipulation is not measured here."]
     fv = report.get("feature_vis")
     if fv:
         p = fv["parameters"]
