@@ -25,7 +25,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--builtin-dir", default="data/collections/builtin", help="where 'builtin' writes its images")
     p.add_argument("--model", default="torchvision_googlenet", choices=["torchvision_googlenet"],
                    help="base network (lucid_inceptionv1: not implemented yet)")
-    p.add_argument("--weights", default="pretrained", help="base weights: pretrained, random, or PATH to a state dict")
+    p.add_argument("--weights", default="pretrained", help="base weights: pretrained, random, auto (pretrained if cached, else random; demos), or PATH to a state dict")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split, directions and renders (default 0)")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="natural images held out for verification (default 0.2; 0: all set the biases, as a control whose "
                    "stimulus set uses this same collection needs)")
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="classifier file (.pt); its description goes next to it (.json)")
     t.add_argument("--collection", default="builtin", help="natural images")
     t.add_argument("--builtin-dir", default="data/collections/builtin", help="where 'builtin' writes its images")
-    t.add_argument("--weights", default="pretrained", help="network whose visualizations are rendered")
+    t.add_argument("--weights", default="pretrained", help="network whose visualizations are rendered (pretrained, random, auto, PATH)")
     t.add_argument("--seed", type=int, default=0, help="seed of splits, units, renders and training")
     t.add_argument("--holdout-fraction", type=float, default=0.2, help="natural images held out")
     t.add_argument("--min-images", type=int, default=50, help="fewest natural training images")

@@ -136,11 +136,22 @@ def _checked_base(opts: CommonOptions):
     _check_common(opts)
     units = parse_units(opts.units)
     device = torch.device(opts.device)
+    weights = _resolved_weights(opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        base = load_model(opts.model, opts.weights, seed=opts.seed, device=device)
+        base = load_model(opts.model, weights, seed=opts.seed, device=device)
     base.check_units(units)
     return units, device, base
+
+
+def _resolved_weights(opts) -> str:
+    """``auto`` (demos): pretrained when torchvision's cache has the file, else random, as fvmatch-stimuli resolves it."""
+    from stimuli_gen.pipeline import resolve_weights
+
+    weights, note = resolve_weights(opts.model, opts.weights)
+    if note and opts.progress:
+        print(note)
+    return weights
 
 
 def _calibrate_random_base(base, paths, pp) -> None:
@@ -300,7 +311,7 @@ def train_classifier(opts: TrainOptions) -> dict:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        base = load_model(opts.model, opts.weights, seed=opts.seed)
+        base = load_model(opts.model, _resolved_weights(opts), seed=opts.seed)
     for l in opts.layers:
         if l not in base.net.channels:
             raise ValueError(f"unknown layer {l!r}; layers: {list(base.net.layer_names)}")
