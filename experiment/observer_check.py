@@ -11,6 +11,13 @@ both ABBA splits, as ``experiment.design`` builds trials:
 * feature-visualization trial: the same reference rows, candidate row = ``n`` of the unit's
   visualizations (ranks ``s .. s+n-1`` cyclically, so both splits do not show the same ones).
 
+``fv_cross_set_accuracy`` asks a second question of a control: shown one set's visualizations of three units
+on one side and the other set's visualizations of the same units (same seeds) on the other, does the
+observer pair them up? For a manipulation that changed nothing, the images are identical and it always
+does; for one that changed what the visualizations show, it falls towards chance. Unlike the task's
+feature-visualization trials this works with random weights too, whose visualizations are not matched
+to natural exemplars above chance even on the original set (README, "Control condition").
+
 The observer's assignment is permutation-equivariant, so the candidate order does not matter. The
 result is row accuracy (chance 1/3) per trial type and layer group, with the number of trials and a
 one-sided binomial test against chance over trials (whole-trial accuracy, chance 1/6, as the trials of
@@ -73,6 +80,38 @@ def observer_accuracy(root: str | Path, layer: str = "inception3b", weights: str
         a = choose(s.root, t["reference_files"], t["candidate_files"], layer, weights)
         rows.append({"group": t["group"], "trial_type": t["trial_type"], "n": t["n"],
                      "rows_correct": sum(int(a[i] == i) for i in range(3))})
+    return summarize(pd.DataFrame(rows))
+
+
+def fv_cross_set_accuracy(root_a: str | Path, root_b: str | Path, layer: str = "inception3b", weights: str = "auto",
+                          n_images: list[int] | None = None, max_triplets: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Trials whose reference rows are set A's visualizations (ranks 0..n-1) and whose candidate rows are set B's
+    visualizations of the same units and ranks; accuracy per layer group as :func:`observer_accuracy` gives it
+    (``trial_type = "fv_a_vs_fv_b"``). The sets must have the same units."""
+    from contracts.stimulus_set import load_stimulus_set
+    from experiment.image_observer import choose
+
+    a, b = load_stimulus_set(root_a), load_stimulus_set(root_b)
+    if sorted(a.units.unit_id) != sorted(b.units.unit_id):
+        raise ValueError(f"{root_a} and {root_b} have different units; the comparison needs the same units")
+    fv = lambda s, u: list(s.unit_images(u, "feature_vis").sort_values("rank").file)  # noqa: E731
+    rng = np.random.default_rng(seed)
+    rows = []
+    for group, gu in a.units.groupby("group", sort=False):
+        triplets = list(itertools.combinations(list(gu.unit_id), 3))
+        if len(triplets) > max_triplets:
+            triplets = [triplets[i] for i in sorted(rng.choice(len(triplets), max_triplets, replace=False))]
+        for trip, n in itertools.product(triplets, n_images or [1, 3, 5]):
+            fa, fb = [fv(a, u) for u in trip], [fv(b, u) for u in trip]
+            if any(len(f) < n for f in fa + fb):
+                continue
+            ref = [tuple(a.root / x for x in f[:n]) for f in fa]
+            cand = [tuple(b.root / x for x in f[:n]) for f in fb]
+            got = choose(Path("/"), ref, cand, layer, weights)
+            rows.append({"group": group, "trial_type": "fv_a_vs_fv_b", "n": n,
+                         "rows_correct": sum(int(got[i] == i) for i in range(3))})
+    if not rows:
+        raise ValueError(f"{root_a}, {root_b}: no layer group has three units with feature visualizations")
     return summarize(pd.DataFrame(rows))
 
 
