@@ -139,7 +139,7 @@ def to_markdown(report: dict) -> str:
               "| images | n | max abs diff, unit activations | max abs diff, logits | top-1 agreement | tripped | bit-for-bit equal |",
               "|---|---|---|---|---|---|---|"]
     for name, r in (("used for the manipulation", nat), ("held out", held)):
-        if r is None:
+        if r is None or not r["n_images"]:  # --holdout-fraction 0: no row of zeros that reads like a failure
             continue
         lines.append(f"| {name} | {r['n_images']} | {max(r['max_abs_diff_unit_activation'].values()):.3g} | "
                      f"{r['max_abs_diff_logits']:.3g} | {r['top1_agreement']:.4f} | {r['n_tripped']} | {r['bitwise_equal']} |")
