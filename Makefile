@@ -17,10 +17,11 @@ PYTEST_ARGS ?=
 NPM_DIR := online/web
 NPM_STAMP := $(NPM_DIR)/node_modules/.installed-$(shell cat $(NPM_DIR)/package-lock.json | sha256sum | cut -c1-12)
 
-.PHONY: demo test test-slow venv clean-demo bench help online-deps
+.PHONY: demo demo-control test test-slow venv clean-demo bench help online-deps
 
 help:
 	@echo "make demo   - generate a demo stimulus set, run simulated participants, analyse (data/*/demo)"
+	@echo "make demo-control - the control: original vs silent-units network, image-observer sessions, one comparison report"
 	@echo "make test   - run the test suite (window tests under Xvfb)"
 	@echo "make test-slow - run the slow repetition tests (coverage of intervals over simulations)"
 	@echo "make bench  - run the CPU-runnable benchmarks in bench/"
@@ -55,6 +56,10 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	@$(WITH_DISPLAY) tools/demo.sh
+
+# The control condition (Geirhos et al. 2023) on built-in data; not part of `make test` (its pieces are tested).
+demo-control: $(STAMP)
+	@$(WITH_DISPLAY) tools/demo_control.sh
 
 bench: $(STAMP)
 	$(VPY) bench/exemplars.py --quick

@@ -29,13 +29,15 @@ from contracts.common import ContractError, check_schema, sha256_json, read_json
 
 SCHEMA = "fvmatch.session"
 SCHEMA_VERSION = "1.5"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3: mode and online
-# (online sessions), stimulus_set.manipulation, and OPTIONAL_FIELDS_1_3; 1.4: practice_units; 1.5: instructions_s
+# (online sessions), stimulus_set.manipulation, and OPTIONAL_FIELDS_1_3; 1.4: practice_units;
+# 1.5: instructions_s and simulated_observer
 # Fields session.json gained in 1.3 (all optional: files written before lack them and still read).
 # design_sha256 leaves out [monitor] since 1.3 (display_sha256 holds the screen's fingerprint).
 OPTIONAL_FIELDS_1_3 = ("mode", "online", "display_sha256", "participant_info", "shared_images", "repetition", "breaks")
 OPTIONAL_FIELDS_1_4 = ("practice_units",)  # experiment.storage.practice_units_record
-# seconds on the instruction screen, lab and online (null until it is left); the exclusion rules use it
-OPTIONAL_FIELDS_1_5 = ("instructions_s",)
+# instructions_s: seconds on the instruction screen, lab and online (null until it is left; the exclusion
+# rules use it); simulated_observer: experiment.image_observer.observer_record
+OPTIONAL_FIELDS_1_5 = ("instructions_s", "simulated_observer")
 SESSION_FILE = "session.json"
 TRIALS_FILE = "trials.csv"
 PSYCHOPY_DIR = "psychopy"

@@ -261,6 +261,14 @@ def _plan_and_run(args, t0, design, experiment, participant, session, stimset, p
 
         sim = SimulatedParticipant(policy, derive_seed("simulated-participant", plan.info["seed"], plan.start_index),
                                    stimset_root=stimset.root)
+        if sim.observer is not None:  # which network answered: a resume must not switch it mid-session
+            before = plan.info.get("simulated_observer")
+            if before and before["weights"]["state_sha256"] != sim.observer["weights"]["state_sha256"]:
+                return _fail(f"{plan.folder} was answered by the observer network {before['weights']['identity']} "
+                             f"(state sha256 {before['weights']['state_sha256'][:12]}...); this run would use "
+                             f"{sim.observer['weights']['identity']} ({sim.observer['weights']['state_sha256'][:12]}...)")
+            plan.info["simulated_observer"] = sim.observer
+            save_info(plan)
     from experiment.runner import run_session
 
     try:

@@ -54,6 +54,34 @@ def weights_used(weights: str = "auto") -> str:
     return _network(weights).weights["source"]
 
 
+def state_sha256(net) -> str:
+    """sha256 of a network's parameters and buffers as loaded (names, dtypes, shapes, bytes, in name order):
+    identifies random weights too, which have no file."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=2)
+def observer_record(policy: str, weights: str = "auto") -> dict:
+    """What ``session.json`` records as ``simulated_observer``: the network, layer and weights the observer
+    really used (a random network is named as such, with the hash of its parameters)."""
+    model = _network(weights)
+    w = model.weights
+    return {"policy": policy, "kind": "image-computable (experiment.image_observer)", "network": model.name,
+            "layer": feature_layer(policy), "features": "spatial mean of post-ReLU activations, images at 112 px",
+            "matching": "cosine similarity of row means, linear_sum_assignment",
+            "weights": {"source": w["source"], "identity": w["identity"], "random": w["source"] == "random",
+                        "seed": w.get("seed"), "file_sha256": w.get("sha256"), "state_sha256": state_sha256(model.net)}}
+
+
 @functools.lru_cache(maxsize=4096)
 def image_features(path: Path, layer: str, weights: str = "auto", size: int = 112) -> np.ndarray:
     """Spatially averaged post-ReLU features of one image (cached: images recur across trials)."""

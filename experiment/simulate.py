@@ -45,12 +45,14 @@ class SimulatedParticipant:
     def __init__(self, policy: str, seed: int, stimset_root: Path | None = None):
         self.policy = parse_policy(policy)
         self.root = stimset_root  # the feature observer reads the trial's images from here
+        self.observer: dict | None = None  # the image-computable observer's network and weights
         if self.policy.startswith("features"):
-            from experiment.image_observer import weights_used
+            from experiment.image_observer import observer_record
 
             # load torch and the network before PsychoPy opens its window (torch imported into a
             # running pyglet/GL process crashed it), and say what the observer's network is
-            self.observer_weights = weights_used()
+            self.observer = observer_record(self.policy)  # recorded in session.json (simulated_observer)
+            self.observer_weights = self.observer["weights"]["source"]
             if self.observer_weights == "random":
                 print("simulated observer 'features': RANDOM-WEIGHT GoogLeNet (torchvision's pretrained weights are "
                       "not in its cache); its answers are those of an untrained network.", flush=True)

@@ -32,7 +32,7 @@ command-line values override the config. Every value used is recorded in the set
 
 # flag -> (config key, type, help)
 OVERRIDES = {
-    "--out": ("run.out", str, "output folder of the stimulus set (its name is the set id)"),
+    "--out": ("run.out", str, "output folder of the stimulus set (its name is the set id); with --path-similarity: folder for the check's outputs, leaving the set untouched"),
     "--collection": ("collection.source", str, "'builtin', a folder of images (tree or flat), or a text file of paths"),
     "--model": ("model.name", str, "torchvision_googlenet (default) or lucid_inceptionv1"),
     "--weights": ("model.weights", str, "pretrained (default), random, auto (pretrained if cached, else random; demo only), or PATH to a state dict or to a manipulated-model folder (python -m stimuli_gen.manipulate.cli)"),
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the path-similarity check after rendering (Geirhos et al. 2023; stimuli_gen/README.md)")
     p.add_argument("--path-similarity", metavar="SET",
                    help="run only the path-similarity check on an existing stimulus set (no re-rendering) and exit; "
-                        "--seed, --device and --similarity-* apply")
+                        "--seed, --device and --similarity-* apply; --out DIR writes the outputs there instead of "
+                        "into the set (which stays byte-identical)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--builtin-collection", metavar="DIR", help="write the built-in natural-image collection to DIR and exit")
     return p
@@ -160,11 +161,12 @@ def _path_similarity(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         opts = options_from_config(cfg)
         result = check_existing_set(args.path_similarity, opts, device=cfg.run.device, progress=cfg.run.progress,
-                                    weights=args.weights if args.weights not in (None, "auto") else None)
-    except (WeightsUnavailable, ContractError, ValueError, FileNotFoundError) as e:
+                                    weights=args.weights if args.weights not in (None, "auto") else None,
+                                    out=args.out, overwrite=bool(args.overwrite))
+    except (WeightsUnavailable, ContractError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"fvmatch-stimuli: error: {e}", file=sys.stderr)
         return 1
-    print_summary(result, args.path_similarity)
+    print_summary(result, args.out or args.path_similarity, in_set=args.out is None)
     return 0
 
 

@@ -7,6 +7,7 @@ Nothing is written until every check has passed and the whole computation has fi
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import time
 from dataclasses import dataclass, field
@@ -88,7 +89,7 @@ def merge_validation(val: pd.DataFrame | None, summary: pd.DataFrame) -> pd.Data
 
 
 def write_outputs(root: Path, result: CheckResult, set_id: str, random_weights: bool,
-                  val: pd.DataFrame | None) -> list[str]:
+                  val: pd.DataFrame | None, settings: str = "`parameters.path_similarity` of `manifest.json`") -> list[str]:
     """Write the table, the figure, the summary page and the validation columns into ``root`` (each via a
     temporary file and a rename). Returns the relative paths written."""
     import matplotlib.pyplot as plt
@@ -107,7 +108,7 @@ def write_outputs(root: Path, result: CheckResult, set_id: str, random_weights: 
         df.to_csv(tmp, index=False, float_format=fmt)
         written[name] = tmp
     tmp = root / (SUMMARY + ".tmp")
-    tmp.write_text(summary_markdown(result, random_weights), encoding="utf-8")
+    tmp.write_text(summary_markdown(result, random_weights, settings), encoding="utf-8")
     written[SUMMARY] = tmp
     for name, t in written.items():
         os.replace(t, root / name)
@@ -132,7 +133,8 @@ def summary_lines(result: CheckResult) -> list[str]:
     return lines
 
 
-def summary_markdown(result: CheckResult, random_weights: bool) -> str:
+def summary_markdown(result: CheckResult, random_weights: bool,
+                     settings: str = "`parameters.path_similarity` of `manifest.json`") -> str:
     warn = ("> **RANDOM WEIGHTS: the network is untrained; this check says nothing about a real network.**\n\n"
             if random_weights else "")
     return (f"# Path similarity of the feature visualizations\n\n{warn}"
@@ -143,7 +145,7 @@ def summary_markdown(result: CheckResult, random_weights: bool) -> str:
             "condition, not proof that a visualization explains the unit.\n\n"
             f"![path similarity]({FIGURE})\n\n```\n" + "\n".join(summary_lines(result)) + "\n```\n\n"
             f"Per unit and stage: `{TABLE}`; per unit: the `path_similarity_*` columns of `{VALIDATION}`; "
-            "settings: `parameters.path_similarity` of `manifest.json`.\n")
+            f"settings: {settings}.\n")
 
 
 def options_from_config(cfg) -> CheckOptions:
@@ -183,14 +185,18 @@ def check_at_generation(out: Path, model, units: pd.DataFrame, natural: pd.DataF
 
 
 def check_existing_set(root: os.PathLike | str, opts: CheckOptions, device: str = "auto", progress: bool = True,
-                       weights: str | None = None) -> CheckResult:
+                       weights: str | None = None, out: os.PathLike | str | None = None,
+                       overwrite: bool = False) -> CheckResult:
     """``fvmatch-stimuli --path-similarity SET``: the check on a set already written, without re-rendering.
     Loads the set's own network and weights (checked against the manifest), writes the outputs and
-    records them in the manifest."""
+    records them in the manifest. With ``out`` (``--out DIR``) the set is only read: the outputs go to
+    ``out`` with ``path_similarity.json`` saying which set (manifest content hash) was checked."""
     from contracts.stimulus_set import add_files_to_set, load_stimulus_set
     from stimuli_gen.collection import Preprocess
 
     root = Path(root)
+    if out is not None:
+        _check_out_folder(root, Path(out), overwrite)
     s = load_stimulus_set(root)
     images = s.images.copy()
     problems = s.verify_files()
@@ -222,9 +228,44 @@ def check_existing_set(root: os.PathLike | str, opts: CheckOptions, device: str 
         result.parameters["note"] = note
     val_path = root / VALIDATION
     val = pd.read_csv(val_path) if val_path.is_file() else None
+    if out is not None:
+        result.files = _write_elsewhere(Path(out), root, s, result, val)
+        return result
     result.files = write_outputs(root, result, s.set_id, s.random_weights, val)
     add_files_to_set(root, result.files, {"path_similarity": result.parameters})
     return result
+
+
+RECORD = "path_similarity.json"  # with --out: which set was checked, and the settings
+
+
+def _check_out_folder(root: Path, out: Path, overwrite: bool) -> None:
+    """``--out`` must leave the set untouched: not the set's folder nor inside it; an earlier check there is
+    replaced only with ``--overwrite``."""
+    r, o = root.resolve(), out.resolve()
+    if o == r or r in o.parents:
+        raise ValueError(f"--out {out} is inside the stimulus set {root}; choose a folder outside it "
+                         f"(or leave --out away to record the check in the set)")
+    if (out / RECORD).exists() and not overwrite:
+        raise FileExistsError(f"{out / RECORD} exists (an earlier check); pass --overwrite to replace it")
+
+
+def _write_elsewhere(out: Path, root: Path, s, result: CheckResult, val: pd.DataFrame | None) -> list[str]:
+    """The outputs of a check in ``out`` (the set's ``validation.csv`` with the summary columns included), and
+    ``path_similarity.json``: the set's id, path, manifest sha256s and the check's settings."""
+    from contracts.common import sha256_file, software_versions, write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = write_outputs(out, result, s.set_id, s.random_weights, val, settings=f"`{RECORD}`")
+    record = {"stimulus_set": {"set_id": s.set_id, "path": str(root.resolve()),
+                               "manifest_content_sha256": s.manifest.get("content_sha256"),
+                               "manifest_sha256": sha256_file(root / "manifest.json"),
+                               "random_weights": s.random_weights, "manipulation": s.manifest.get("manipulation")},
+              "checked": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "seconds": round(result.seconds, 2), "path_similarity": result.parameters, "files": files,
+              "software": software_versions(["torch", "torchvision"])}
+    write_json_atomic(out / RECORD, record)
+    return files + [RECORD]
 
 
 def _load_set_model(manifest: dict, weights: str | None):
@@ -271,6 +312,7 @@ def _recalibrate_as_generated(model, manifest: dict) -> None:
                          "on (other calibration images); run the check on the original collection")
 
 
-def print_summary(result: CheckResult, root: Path) -> None:
+def print_summary(result: CheckResult, root: Path, in_set: bool = True) -> None:
     print("\n".join(summary_lines(result)))
-    print(f"  written to {root}: {', '.join(result.files)} (manifest updated: its sha256 changed)")
+    print(f"  written to {root}: {', '.join(result.files)}"
+          + (" (manifest updated: its sha256 changed)" if in_set else " (the stimulus set was not changed)"))

@@ -49,6 +49,28 @@ def test_feature_observer_runs_a_session_and_is_recorded(fixture_set, tmp_path, 
     folder = data / "demo" / "sub-simfeat_ses-01"
     info = read_session_info(folder)
     assert info["status"] == "completed" and info["simulated"] == "features"
+    rec = info["simulated_observer"]  # which network answered (contract 1.5)
+    assert rec["policy"] == "features" and rec["layer"] == "inception3b" and rec["network"] == "torchvision_googlenet"
+    assert rec["weights"] == IO.observer_record("features")["weights"]
     trials = pd.read_csv(folder / "trials.csv")
     catch = trials[trials.is_catch.astype(str).isin(["1", "True", "true"])]
     assert len(catch) and catch.n_correct.eq(3).all()  # identical images on both sides: always right
+
+
+def test_observer_record_names_the_network_and_hashes_its_weights():
+    rec = IO.observer_record("features:inception4a")
+    w = rec["weights"]
+    assert rec["layer"] == "inception4a" and w["source"] in ("pretrained", "random")
+    assert w["random"] == (w["source"] == "random") and len(w["state_sha256"]) == 64
+    if w["random"]:
+        assert "random" in w["identity"] and w["file_sha256"] is None
+    # the hash follows the weights: one changed value gives another hash
+    import copy
+
+    import torch
+
+    net = copy.deepcopy(IO._network("auto").net)
+    assert IO.state_sha256(net) == w["state_sha256"]
+    with torch.no_grad():
+        next(net.parameters()).view(-1)[0] += 1.0
+    assert IO.state_sha256(net) != w["state_sha256"]

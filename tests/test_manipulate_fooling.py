@@ -73,3 +73,40 @@ def test_bad_target_picture(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"bad.png cannot be read as an image"):
         FO.load_target(bad)
+
+
+def test_trained_classifier_end_to_end(builtin_collection, tmp_path):
+    """train-classifier on a tiny task, then the fooling circuit with it: the model folder, its verification
+    report, and loading it as fvmatch-stimuli does. Where the trained classifier calls a held-out natural image
+    natural, the network is the original bit for bit; the report counts the images where it does not."""
+    import json
+
+    from stimuli_gen.manipulate import cli, store
+
+    clf = tmp_path / "clf.pt"
+    assert cli.main(["train-classifier", "--out", str(clf), "--collection", str(builtin_collection), "--weights", "random",
+                     "--size", "32", "--min-steps", "2", "--max-steps", "8", "--step-counts", "2", "--vis-per-count", "8",
+                     "--epochs", "4", "--min-images", "20", "--no-progress"]) == 0
+    cdesc = json.loads(clf.with_suffix(".json").read_text())
+    assert 0 <= cdesc["held_out_accuracy"] <= 1 and cdesc["visualizations"]["step_counts"] == [2, 8]
+    assert cdesc["random_weights"] is True
+    model = tmp_path / "fooled"
+    assert cli.main(["fooling", "--out", str(model), "--units", "inception3a:5", "--classifier", str(clf),
+                     "--collection", str(builtin_collection), "--target-size", "32", "--fv-per-unit", "1", "--fv-steps", "8",
+                     "--fv-size", "32", "--resize", "72", "--crop", "64", "--weights", "random", "--no-progress"]) == 0
+    desc = json.loads((model / store.DESCRIPTION).read_text())
+    assert desc["kind"] == "fooling_circuit" and desc["parameters"]["classifier"]["sha256"] == cdesc["sha256"]
+    rep = json.loads((model / "verification.json").read_text())
+    held = rep["held_out"]
+    assert held["n_images"] > 0 and 0 <= held["n_tripped"] <= held["n_images"]
+    # the circuit changes nothing on images the classifier calls natural
+    assert (held["n_tripped"] == 0) == held["bitwise_equal"]
+    assert held["top1_agreement"] >= 1 - held["n_tripped"] / held["n_images"]
+    assert rep["feature_vis"]["units"][0]["unit"] == "inception3a:5"
+    assert rep["classifier"]["held_out_accuracy"] == cdesc["held_out_accuracy"]
+    assert "held-out accuracy at training" in (model / "verification.md").read_text()
+    # the model the trained classifier switches loads like any other (sha256 checked), as fvmatch-stimuli loads it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = store.load_manipulated(model)
+    assert loaded.manipulation["kind"] == "fooling_circuit" and loaded.weights["identity"].startswith("MANIPULATED")

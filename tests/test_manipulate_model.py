@@ -87,3 +87,55 @@ def test_stimulus_set_from_it_says_manipulated(model, builtin_collection, tmp_pa
     assert s.random_weights  # the base network's weights were random
     assert s.manifest["model"]["weights"]["identity"].startswith("MANIPULATED")
     assert any("MANIPULATED NETWORK" in n for n in s.manifest["notes"])
+
+
+def test_verification_report_gives_top1_accuracy_against_labels(builtin_collection, tmp_path):
+    """Known answer: labels that are the original network's own predictions give it accuracy 1 exactly, and
+    the silent model (bit-identical on the bias images) 1 there too; folder labels count every image."""
+    import warnings
+
+    import pandas as pd
+    import torch
+
+    from stimuli_gen.collection import Preprocess, list_collection
+    from stimuli_gen.manipulate.make import stream
+    from stimuli_gen.models import load_model
+    from stimuli_gen.random_net import calibrate_on_collection
+
+    paths, _ = list_collection(builtin_collection)
+    pp = Preprocess(resize=72, crop=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = load_model("torchvision_googlenet", "random", seed=0)
+    calibrate_on_collection(base, paths, pp)  # what the command does to a random base network
+    with torch.no_grad():
+        pred = torch.cat([base.net(x).argmax(1) for x in stream(paths, list(range(len(paths))), pp, 27, 0,
+                                                                  torch.device("cpu"), [])])
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"path": paths, "label": [f"c{int(p)}" for p in pred]}).to_csv(labels, index=False)
+    index = tmp_path / "index.csv"
+    pd.DataFrame({"label": [f"c{i}" for i in range(1000)], "index": range(1000)}).to_csv(index, index=False)
+    out = tmp_path / "m"
+    assert cli.main(["silent", "--out", str(out), "--units", "inception3a:5", "--collection", str(builtin_collection),
+                     "--fv-per-unit", "0", "--labels", str(labels), "--class-index", str(index), *SMALL]) == 0
+    rep = json.loads((out / "verification.json").read_text())
+    b, h = rep["bias_images"], rep["held_out"]
+    assert b["n_labelled"] == b["n_images"] and h["n_labelled"] == h["n_images"] and rep["labels"]["n_labelled"] == 108
+    assert b["top1_accuracy_original"] == 1.0 and h["top1_accuracy_original"] == 1.0
+    assert b["top1_accuracy_manipulated"] == 1.0  # bit-identical outputs on the bias images
+    assert h["top1_accuracy_manipulated"] == pytest.approx(h["top1_agreement"])  # labels = the original's answers
+    assert "Top-1 accuracy against the collection's labels" in (out / "verification.md").read_text()
+    # one folder per photo: 9 classes, every image labelled; logits = the sorted labels
+    from stimuli_gen.manipulate.make import CommonOptions, label_targets
+
+    targets, info = label_targets(CommonOptions(out="x", units=[], labels="folders"), paths, str(builtin_collection), 1000)
+    assert info["n_classes"] == 9 and len(targets) == 108 and set(targets.values()) == set(range(9))
+    assert targets[0] == sorted({p.split("/")[-2] for p in paths}).index(paths[0].split("/")[-2])
+
+
+def test_bad_labels_file_writes_nothing(builtin_collection, tmp_path, capsys):
+    bad = tmp_path / "labels.csv"
+    bad.write_text("file,klass\nx.jpg,a\n")
+    assert cli.main(["silent", "--out", str(tmp_path / "m"), "--units", "inception3a:5", "--collection",
+                     str(builtin_collection), "--fv-per-unit", "0", "--labels", str(bad), *SMALL]) == 1
+    assert "needs columns path (or file) and label" in capsys.readouterr().err and not (tmp_path / "m").exists()

@@ -189,6 +189,35 @@ def test_standalone_check_writes_its_files_and_keeps_the_set_valid(small_set):
     assert "RANDOM WEIGHTS" in (small_set / "path_similarity.md").read_text()
 
 
+def test_standalone_check_with_out_leaves_the_set_byte_identical(small_set, tmp_path, capsys):
+    before = _snapshot(small_set)
+    out = tmp_path / "ps-out"
+    argv = ["--path-similarity", str(small_set), "--similarity-unrelated", "6", "--no-progress", "--device", "cpu",
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert _snapshot(small_set) == before  # nothing in the set changed, not even its manifest
+    s = load_stimulus_set(small_set)
+    rec = json.loads((out / "path_similarity.json").read_text())
+    assert rec["stimulus_set"]["set_id"] == s.set_id
+    assert rec["stimulus_set"]["manifest_content_sha256"] == s.manifest["content_sha256"]
+    assert rec["path_similarity"]["random_weights"] is True and set(rec["files"]) >= {"path_similarity.csv", "path_similarity.md"}
+    t = pd.read_csv(out / "path_similarity.csv")
+    assert set(t.unit_id) == set(s.units.unit_id) and t.rho_fv.notna().all()
+    assert "path_similarity_flag" in pd.read_csv(out / "validation.csv").columns
+    assert "`path_similarity.json`" in (out / "path_similarity.md").read_text()
+    assert "was not changed" in capsys.readouterr().out
+    # the same numbers as the check recorded in (a copy of) the set
+    copy = tmp_path / "copy"
+    shutil.copytree(small_set, copy)
+    assert cli.main(argv[:1] + [str(copy)] + argv[2:7]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(copy / "path_similarity.csv"), t)
+    # a second run does not replace the first without --overwrite; --out inside the set is refused
+    assert cli.main(argv) == 1 and "--overwrite" in capsys.readouterr().err
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert cli.main(argv[:-1] + [str(small_set / "ps")]) == 1 and "inside the stimulus set" in capsys.readouterr().err
+    assert _snapshot(small_set) == before
+
+
 def test_generation_runs_the_check_after_rendering(builtin_collection, tmp_path):
     out = tmp_path / "gen-set"
     paths = sorted(builtin_collection.glob("*/*.jpg"))[::2]

@@ -25,9 +25,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--builtin-dir", default="data/collections/builtin", help="where 'builtin' writes its images")
     p.add_argument("--model", default="torchvision_googlenet", choices=["torchvision_googlenet"],
                    help="base network (lucid_inceptionv1: not implemented yet)")
-    p.add_argument("--weights", default="pretrained", help="base weights: pretrained, random, or PATH to a state dict")
+    p.add_argument("--weights", default="pretrained", help="base weights: pretrained, random, auto (pretrained if cached, else random; demos), or PATH to a state dict")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split, directions and renders (default 0)")
-    p.add_argument("--holdout-fraction", type=float, default=0.2, help="natural images held out for verification (default 0.2)")
+    p.add_argument("--holdout-fraction", type=float, default=0.2, help="natural images held out for verification (default 0.2; 0: all set the biases, as a control whose "
+                   "stimulus set uses this same collection needs)")
     p.add_argument("--min-images", type=int, default=50, help="fewest natural images that may set the manipulation (default 50)")
     p.add_argument("--resize", type=int, default=256, help="resize short side to N (default 256)")
     p.add_argument("--crop", type=int, default=224, help="center crop N x N (default 224)")
@@ -37,6 +38,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fv-per-unit", type=int, default=2, help="visualizations per unit in the verification (0: none)")
     p.add_argument("--fv-steps", type=int, default=128, help="optimization steps of those visualizations (default 128)")
     p.add_argument("--fv-size", type=int, default=128, help="their size in px (default 128)")
+    p.add_argument("--labels", default=None, help="class labels for top-1 accuracy in the verification report: "
+                   "'folders' (one folder per class, ImageNet val's synset layout) or a CSV path,label (default: none)")
+    p.add_argument("--class-index", default=None, help="CSV label,index: the logit of each label (default: the "
+                   "position of the label in sorted order, ImageNet's synset order)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     p.add_argument("--no-progress", action="store_true", help="quiet")
 
@@ -63,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="classifier file (.pt); its description goes next to it (.json)")
     t.add_argument("--collection", default="builtin", help="natural images")
     t.add_argument("--builtin-dir", default="data/collections/builtin", help="where 'builtin' writes its images")
-    t.add_argument("--weights", default="pretrained", help="network whose visualizations are rendered")
+    t.add_argument("--weights", default="pretrained", help="network whose visualizations are rendered (pretrained, random, auto, PATH)")
     t.add_argument("--seed", type=int, default=0, help="seed of splits, units, renders and training")
     t.add_argument("--holdout-fraction", type=float, default=0.2, help="natural images held out")
     t.add_argument("--min-images", type=int, default=50, help="fewest natural training images")
@@ -104,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                   builtin_dir=args.builtin_dir, model=args.model, weights=args.weights, seed=args.seed,
                   holdout_fraction=args.holdout_fraction, min_images=args.min_images, resize=args.resize,
                   crop=args.crop, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                  fv_per_unit=args.fv_per_unit, fv_steps=args.fv_steps, fv_size=args.fv_size,
-                  overwrite=args.overwrite, progress=not args.no_progress)
+                  fv_per_unit=args.fv_per_unit, fv_steps=args.fv_steps, fv_size=args.fv_size, labels=args.labels,
+                  class_index=args.class_index, overwrite=args.overwrite, progress=not args.no_progress)
     try:
         if args.command == "silent":
             from stimuli_gen.manipulate.make import SilentOptions, make_silent

@@ -44,6 +44,8 @@ class CommonOptions:
     fv_per_unit: int = 2
     fv_steps: int = 128
     fv_size: int = 128
+    labels: str | None = None  # "folders" (one folder per class), a CSV path,label, or None: no accuracy
+    class_index: str | None = None  # CSV label,index: the logit of each label (default: sorted labels)
     overwrite: bool = False
     progress: bool = True
 
@@ -68,23 +70,46 @@ def parse_units(specs: list[str]) -> list[tuple[str, int]]:
 
 
 def split_collection(n: int, holdout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of collection indices into (bias / training images, held-out images), each sorted."""
-    if not 0 < holdout_fraction < 1:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {holdout_fraction}")
+    """Seeded split of collection indices into (bias / training images, held-out images), each sorted.
+    ``holdout_fraction = 0``: every image sets the biases, none is held out (a control whose stimulus set
+    is made from this same collection needs that: a held-out image may trip a silent filter, and then
+    the manipulated set's exemplars are not the original's)."""
+    if not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {holdout_fraction}")
     perm = np.random.default_rng(seed).permutation(n)
-    k = max(1, int(round(holdout_fraction * n)))
+    k = 0 if holdout_fraction == 0 else max(1, int(round(holdout_fraction * n)))
     return sorted(int(i) for i in perm[k:]), sorted(int(i) for i in perm[:k])
 
 
 def stream(paths: list[str], indices: list[int], pp: Preprocess, batch_size: int, workers: int,
-           device: torch.device, skipped: list) -> Iterator[torch.Tensor]:
+           device: torch.device, skipped: list, targets: dict[int, int] | None = None) -> Iterator:
     """Batches in [0, 1] of the images ``indices``, decoded as the exemplar pass decodes them;
-    unreadable files are appended to ``skipped`` (index, reason)."""
+    unreadable files are appended to ``skipped`` (index, reason). With ``targets`` (collection index ->
+    class logit) each batch comes as ``(images, logit index per image)``."""
     loader = make_loader(ImageDataset(paths, indices, pp, "pil"), batch_size, workers, device)
     for batch, crops, index in prefetch_to_device(loader, paths, pp, device):
         skipped += batch.skipped
         if len(index):
-            yield crops.float().div_(255.0)
+            x = crops.float().div_(255.0)
+            yield x if targets is None else (x, torch.tensor([targets[int(i)] for i in index], device=x.device))
+
+
+def label_targets(opts: CommonOptions, paths: list[str], source: str, n_logits: int) -> tuple[dict[int, int] | None, dict | None]:
+    """``--labels``: collection index -> class logit for every labelled image, and what the report says about it.
+    ``folders``: the image's first folder under the collection is its class (ImageNet val's synset layout);
+    a CSV: columns path,label (paths relative to the CSV). Logits: ``--class-index`` or the sorted labels."""
+    if not opts.labels:
+        return None, None
+    from stimuli_gen.path_similarity_classes import class_indices, labelled_collection
+
+    df = labelled_collection(source if opts.labels == "folders" else None, None if opts.labels == "folders" else opts.labels)
+    by_path = {str(Path(p).resolve()): lab for p, lab in zip(df.path, df.label)}
+    mapping = class_indices(sorted(set(df.label)), opts.class_index, opts.model, n_logits)
+    targets = {i: mapping[by_path[str(Path(p).resolve())]] for i, p in enumerate(paths) if str(Path(p).resolve()) in by_path}
+    if not targets:
+        raise ValueError(f"--labels {opts.labels}: no image of the collection {source} has a label")
+    return targets, {"labels": opts.labels, "class_index": opts.class_index or "position of the label in sorted order",
+                     "n_labelled": len(targets), "n_classes": len(set(df.label))}
 
 
 def _collection(opts: CommonOptions) -> tuple[list[str], str]:
@@ -111,11 +136,22 @@ def _checked_base(opts: CommonOptions):
     _check_common(opts)
     units = parse_units(opts.units)
     device = torch.device(opts.device)
+    weights = _resolved_weights(opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        base = load_model(opts.model, opts.weights, seed=opts.seed, device=device)
+        base = load_model(opts.model, weights, seed=opts.seed, device=device)
     base.check_units(units)
     return units, device, base
+
+
+def _resolved_weights(opts) -> str:
+    """``auto`` (demos): pretrained when torchvision's cache has the file, else random, as fvmatch-stimuli resolves it."""
+    from stimuli_gen.pipeline import resolve_weights
+
+    weights, note = resolve_weights(opts.model, opts.weights)
+    if note and opts.progress:
+        print(note)
+    return weights
 
 
 def _calibrate_random_base(base, paths, pp) -> None:
@@ -157,6 +193,7 @@ def make_silent(opts: SilentOptions) -> Path:
         raise ValueError(f"collection {source} is too small to set the biases: {len(bias_idx)} of its {len(paths)} "
                          f"images are left after holding out {opts.holdout_fraction:.0%}, at least {opts.min_images} "
                          f"are needed (--min-images)")
+    targets, label_info = label_targets(opts, paths, source, base.net.net.fc.out_features)
     pp = Preprocess(resize=opts.resize, crop=opts.crop)
     _calibrate_random_base(base, paths, pp)
     notes = [RANDOM_WEIGHTS_WARNING] if base.random_weights else []
@@ -176,10 +213,12 @@ def make_silent(opts: SilentOptions) -> Path:
     # ---- verification ----
     trips = lambda x: S.silent_trips(net, x, [S.deepest(net, specs)])  # noqa: E731
     say("verifying on the bias images and the held-out images")
-    on_bias = V.natural_check(base.net, net, units, stream(paths, bias_idx, pp, opts.batch_size, opts.workers, device, []), trips)
+    on_bias = V.natural_check(base.net, net, units, stream(paths, bias_idx, pp, opts.batch_size, opts.workers, device, [],
+                                                           targets), trips)
     if not on_bias["bitwise_equal"] or on_bias["n_tripped"]:
         raise RuntimeError(f"silent filters are not silent on the images that set their biases ({on_bias}); nothing written")
-    held = V.natural_check(base.net, net, units, stream(paths, held_idx, pp, opts.batch_size, opts.workers, device, []), trips)
+    held = V.natural_check(base.net, net, units, stream(paths, held_idx, pp, opts.batch_size, opts.workers, device, [],
+                                                        targets), trips)
     fv_orig, fv_manip, fv = _visualizations_both(opts, base, net, units, device, trips, say)
 
     # ---- description and report, written together ----
@@ -196,7 +235,7 @@ def make_silent(opts: SilentOptions) -> Path:
             "software": software_versions(["torch", "torchvision"]), "notes": notes}
     report = {"kind": "silent_units", "base_model": base.name, "base_identity": base.weights["identity"],
               "random_weights": base.random_weights, "units": [f"{l}:{c}" for l, c in units],
-              "bias_images": on_bias, "held_out": held, "feature_vis": fv, "notes": notes}
+              "bias_images": on_bias, "held_out": held, "labels": label_info, "feature_vis": fv, "notes": notes}
     folder = store.save(Path(opts.out), net, desc, lambda tmp: V.write_report(tmp, report, fv_orig, fv_manip),
                         overwrite=opts.overwrite)
     say(V.to_markdown(report))
@@ -272,11 +311,13 @@ def train_classifier(opts: TrainOptions) -> dict:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        base = load_model(opts.model, opts.weights, seed=opts.seed)
+        base = load_model(opts.model, _resolved_weights(opts), seed=opts.seed)
     for l in opts.layers:
         if l not in base.net.channels:
             raise ValueError(f"unknown layer {l!r}; layers: {list(base.net.layer_names)}")
     paths, source = _collection(opts)  # type: ignore[arg-type]
+    if opts.holdout_fraction <= 0:
+        raise ValueError("train-classifier needs held-out natural images to measure its accuracy (--holdout-fraction > 0)")
     train_idx, held_idx = split_collection(len(paths), opts.holdout_fraction, opts.seed)
     if len(train_idx) < opts.min_images:
         raise ValueError(f"collection {source} is too small to train the classifier: {len(train_idx)} training images, "
@@ -364,6 +405,7 @@ def make_fooling(opts: FoolingOptions) -> Path:
     cdesc = json.loads(cdesc_path.read_text()) if cdesc_path.is_file() else {}
     paths, source = _collection(opts)
     _, held_idx = split_collection(len(paths), opts.holdout_fraction, opts.seed)
+    targets, label_info = label_targets(opts, paths, source, base.net.net.fc.out_features)
     pp = Preprocess(resize=opts.resize, crop=opts.crop)
     _calibrate_random_base(base, paths, pp)
     notes = [RANDOM_WEIGHTS_WARNING] if base.random_weights else []
@@ -376,7 +418,8 @@ def make_fooling(opts: FoolingOptions) -> Path:
 
     # ---- verification (held-out natural images: the classifier's own held-out split) ----
     trips = lambda x: FO.fooling_trips(net, x)  # noqa: E731
-    held = V.natural_check(base.net, net, units, stream(paths, held_idx, pp, opts.batch_size, opts.workers, device, []), trips)
+    held = V.natural_check(base.net, net, units, stream(paths, held_idx, pp, opts.batch_size, opts.workers, device, [],
+                                                        targets), trips)
     fv_orig, fv_manip, fv = _visualizations_both(opts, base, net, units, device, trips, say, target)
     desc = {"kind": "fooling_circuit", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "base_model": base.name, "base_weights": base.weights, "random_weights": base.random_weights,
@@ -390,7 +433,10 @@ def make_fooling(opts: FoolingOptions) -> Path:
             "software": software_versions(["torch", "torchvision"]), "notes": notes}
     report = {"kind": "fooling_circuit", "base_model": base.name, "base_identity": base.weights["identity"],
               "random_weights": base.random_weights, "units": [f"{l}:{c}" for l, c in units],
-              "bias_images": None, "held_out": held, "feature_vis": fv, "notes": notes}
+              "bias_images": None, "held_out": held, "labels": label_info, "feature_vis": fv, "notes": notes,
+              "classifier": {"file": str(cpath.resolve()), "sha256": cdesc.get("sha256"),
+                             **{k: cdesc[k] for k in ("held_out_accuracy", "held_out_accuracy_natural",
+                                                      "held_out_accuracy_visualization") if k in cdesc}}}
     folder = store.save(Path(opts.out), net, desc,
                         lambda tmp: V.write_report(tmp, report, fv_orig, fv_manip,
                                                    torch.nn.functional.interpolate(target[None], size=(opts.fv_size,) * 2,

@@ -35,13 +35,15 @@ def grey_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def natural_check(orig, manip, units: list[tuple[str, int]], batches: Iterable[torch.Tensor],
                   trips: Callable[[torch.Tensor], torch.Tensor], labels: Iterable | None = None) -> dict:
-    """Compare the two networks on natural images (``batches`` of ``B x 3 x H x W`` in [0, 1])."""
+    """Compare the two networks on natural images (``batches`` of ``B x 3 x H x W`` in [0, 1], or of
+    ``(images, class logit per image)`` when the collection has labels: then also top-1 accuracy)."""
     layers = sorted({u[0] for u in units}, key=orig.layer_names.index)
     unit_diff = {f"{l}:{c}": 0.0 for l, c in units}
-    n = agree = n_trip = 0
+    n = agree = n_trip = n_lab = right_orig = right_manip = 0
     logit_diff = 0.0
     equal_all = True
     for x in batches:
+        x, y = x if isinstance(x, (tuple, list)) else (x, None)
         a = orig.forward_layers(x, layers)
         b = manip.forward_layers(x, layers)
         for l, c in units:
@@ -51,10 +53,18 @@ def natural_check(orig, manip, units: list[tuple[str, int]], batches: Iterable[t
         equal_all &= bool(torch.equal(la, lb)) and all(torch.equal(a[l], b[l]) for l in layers)
         logit_diff = max(logit_diff, float((la - lb).abs().max()))
         agree += int((la.argmax(1) == lb.argmax(1)).sum())
+        if y is not None:
+            n_lab += len(y)
+            right_orig += int((la.argmax(1) == y).sum())
+            right_manip += int((lb.argmax(1) == y).sum())
         n_trip += int(trips(x).sum())
         n += len(x)
-    return {"n_images": n, "max_abs_diff_unit_activation": unit_diff, "max_abs_diff_logits": logit_diff,
-            "top1_agreement": agree / max(n, 1), "n_tripped": n_trip, "bitwise_equal": equal_all}
+    out = {"n_images": n, "max_abs_diff_unit_activation": unit_diff, "max_abs_diff_logits": logit_diff,
+           "top1_agreement": agree / max(n, 1), "n_tripped": n_trip, "bitwise_equal": equal_all}
+    if n_lab:
+        out |= {"n_labelled": n_lab, "top1_accuracy_original": right_orig / n_lab,
+                "top1_accuracy_manipulated": right_manip / n_lab}
+    return out
 
 
 def render_pair(orig, manip, units: list[tuple[str, int]], cfg: RenderConfig,
@@ -129,12 +139,34 @@ def to_markdown(report: dict) -> str:
               "| images | n | max abs diff, unit activations | max abs diff, logits | top-1 agreement | tripped | bit-for-bit equal |",
               "|---|---|---|---|---|---|---|"]
     for name, r in (("used for the manipulation", nat), ("held out", held)):
-        if r is None:
+        if r is None or not r["n_images"]:  # --holdout-fraction 0: no row of zeros that reads like a failure
             continue
         lines.append(f"| {name} | {r['n_images']} | {max(r['max_abs_diff_unit_activation'].values()):.3g} | "
                      f"{r['max_abs_diff_logits']:.3g} | {r['top1_agreement']:.4f} | {r['n_tripped']} | {r['bitwise_equal']} |")
-    lines += ["", "Per unit, largest absolute difference of the activation map on held-out images:", ""]
-    lines += [f"- {u}: {d:.3g}" for u, d in held["max_abs_diff_unit_activation"].items()]
+    clf = report.get("classifier")
+    if clf and "held_out_accuracy" in clf:
+        lines += ["", f"Natural-vs-visualization classifier ({clf['file']}): held-out accuracy at training "
+                  f"{clf['held_out_accuracy']:.3f} (natural {clf['held_out_accuracy_natural']:.3f}, visualizations "
+                  f"{clf['held_out_accuracy_visualization']:.3f}); 'tripped' above = natural images it calls visualizations."]
+    lab = report.get("labels")
+    lines += ["", "Top-1 agreement: the fraction of images on which both networks predict the same class."]
+    if lab:
+        lines += ["", f"Top-1 accuracy against the collection's labels ({lab['labels']}; logits: {lab['class_index']}; "
+                  f"{lab['n_labelled']} labelled images of {lab['n_classes']} classes):", "",
+                  "| images | labelled | original network | manipulated network |", "|---|---|---|---|"]
+        for name, r in (("used for the manipulation", nat), ("held out", held)):
+            if r is not None and "n_labelled" in r:
+                lines.append(f"| {name} | {r['n_labelled']} | {r['top1_accuracy_original']:.4f} | "
+                             f"{r['top1_accuracy_manipulated']:.4f} |")
+    else:
+        lines += ["No accuracy: the collection has no labels (`--labels folders` or `--labels FILE.csv`)."]
+    if held["n_images"]:
+        lines += ["", "Per unit, largest absolute difference of the activation map on held-out images:", ""]
+        lines += [f"- {u}: {d:.3g}" for u, d in held["max_abs_diff_unit_activation"].items()]
+    else:
+        lines += ["", "No held-out images (--holdout-fraction 0): every image of the collection set the manipulation, "
+                  "so a stimulus set made from this collection has the original network's exemplars; the held-out "
+                  "behaviour of the manipulation is not measured here."]
     fv = report.get("feature_vis")
     if fv:
         p = fv["parameters"]
