@@ -39,6 +39,7 @@ OVERRIDES = {
     "--device": ("run.device", str, "auto (default), cpu, cuda, cuda:N"),
     "--seed": ("run.seed", int, "seed for unit sampling, random weights and rendering (default 0)"),
     "--units-per-group": ("units.per_group", int, "units sampled per layer group (default 10)"),
+    "--reserve-units": ("units.reserve", int, "reserve units per unit (same layer) that replace units whose feature visualizations cannot beat their best natural exemplar (default 0: keep and report them)"),
     "--units-file": ("units.file", str, "CSV (layer,channel[,group]) or text file of layer:channel[:group]"),
     "--k": ("exemplars.k", int, "exemplars per side (max and min) and unit (default 10)"),
     "--spares": ("exemplars.spares", int, "extra exemplars per side written as ranks k.. with spare=1 (default 2)"),

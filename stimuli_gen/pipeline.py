@@ -9,6 +9,7 @@ set through ``contracts.stimulus_set.write_stimulus_set``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -31,7 +32,8 @@ from stimuli_gen.models import (DEFAULT_LAYER_GROUPS, RANDOM_WEIGHTS_WARNING, RE
 from stimuli_gen.manipulate.store import load_any
 from stimuli_gen.safety import check_output_folder, exemplar_overlap_note
 from stimuli_gen.topk import EMPTY_INDEX
-from stimuli_gen.units import SAMPLING_RULES, parse_unit_list, read_unit_file, sample_units
+from stimuli_gen.units import (RESERVE_RULE, SAMPLING_RULES, next_reserves, parse_unit_list, read_unit_file,
+                               reserve_units, sample_units)
 
 WORK_DIR = ".work"  # checkpoints inside the output folder, removed when the set is complete
 SKIPPED_TABLE = "skipped_files.csv"
@@ -70,13 +72,16 @@ def _units(cfg: GeneratorConfig, model: LoadedModel, groups: dict[str, list[str]
     elif cfg.units.file:
         units = read_unit_file(cfg.units.file, groups)
     else:
-        seed = cfg.run.seed if cfg.units.seed is None else cfg.units.seed
-        return sample_units(groups, model.net.channels, cfg.units.per_group, seed, cfg.units.method)
+        return sample_units(groups, model.net.channels, cfg.units.per_group, _unit_seed(cfg), cfg.units.method)
     model.check_units(zip(units.layer, units.channel))
     bad = units[~units.group.isin(list(groups))]
     if len(bad):
         raise ValueError(f"unit {bad.unit_id.iloc[0]}: group {bad.group.iloc[0]!r} is not a layer group {list(groups)}")
     return units
+
+
+def _unit_seed(cfg: GeneratorConfig) -> int:
+    return cfg.run.seed if cfg.units.seed is None else cfg.units.seed
 
 
 def _workers(n: int) -> int:
@@ -150,6 +155,8 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
     groups = _layer_groups(cfg, model)
     model.layer_groups = groups
     units = _units(cfg, model, groups)
+    reserves = reserve_units(units, model.net.channels, cfg.units.reserve, _unit_seed(cfg))
+    candidates = pd.concat([units, reserves], ignore_index=True)  # the pass finds exemplars of the reserves too
     manipulation = getattr(model, "manipulation", None)
     notes = [manipulation["statement"]] if manipulation else []
     if manipulation:
@@ -172,7 +179,8 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
                        keep=min(n_needed + margin, len(paths)), checkpoint_every_s=ex.checkpoint_every_s)
     precision = opts.resolved_precision(device)
     say(f"model {model.name} ({model.weights['identity']}), device {device}, {info.world_size} process(es), "
-        f"{len(units)} units in {units.group.nunique()} groups, {len(paths)} images from {source}, decoder {decoder}, "
+        f"{len(units)} units in {units.group.nunique()} groups" + (f" (+{len(reserves)} reserve)" if len(reserves) else "")
+        + f", {len(paths)} images from {source}, decoder {decoder}, "
         f"{precision}, {opts.workers} loader workers")
 
     # ---- the exemplar pass over this rank's shard ----
@@ -185,19 +193,19 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
     work.mkdir(parents=True, exist_ok=True)
     all_channels = ({l: model.net.channels[l] for l in model.net.layer_names if any(l in v for v in groups.values())}
                     if ex.save_activations and not ex.activations_from else None)
-    fingerprint = pass_fingerprint(paths=sha256_json(paths), units=units.to_dict("list"), pp=pp.to_dict(),
+    fingerprint = pass_fingerprint(paths=sha256_json(paths), units=candidates.to_dict("list"), pp=pp.to_dict(),
                                    opts=vars(opts) | {"checkpoint_every_s": None, "workers": None, "batch_size": None},
                                    model=model.name, weights=model.weights, world=info.world_size, rank=info.rank,
                                    all_channels=all_channels, activations_dtype=ex.activations_dtype)
     if ex.activations_from:
         t0 = time.perf_counter()
-        lists, skipped, converted = _lists_from_saved(Path(ex.activations_from), paths, pp, model, ex, units, opts.keep)
+        lists, skipped, converted = _lists_from_saved(Path(ex.activations_from), paths, pp, model, ex, candidates, opts.keep)
         pass_seconds, n_seen = time.perf_counter() - t0, len(paths)
         zero_counts = None  # saved post-ReLU activations cannot break ties at 0
     else:
         zero_counts = None
         indices = D.shard(list(range(len(paths))), info)
-        res = run_pass(model.net, paths, indices, units, pp, opts, device,
+        res = run_pass(model.net, paths, indices, candidates, pp, opts, device,
                        checkpoint_path=work / f"pass_rank{info.rank}.pt", resume=cfg.run.resume, fingerprint=fingerprint,
                        progress=cfg.run.progress and info.is_main,
                        activations_path=work / f"activations_rank{info.rank}.npy" if all_channels else None,
@@ -220,21 +228,17 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         # fp32 re-scoring is needed when the pass differs from the PIL crops in fp32 (bf16, or the
         # torchvision decoder); hashes only for near-duplicate skipping
         exact_pass = precision == "fp32" and decoder == "pil" and not ex.activations_from  # saved ones are float16
-        values, hashes = rescore(model.net, paths, cand, units, pp, ex.statistic, ex.relu, device, col.batch_size,
+        values, hashes = rescore(model.net, paths, cand, candidates, pp, ex.statistic, ex.relu, device, col.batch_size,
                                  with_values=not exact_pass, with_hashes=ex.dedupe_hamming >= 0, workers=opts.workers)
-        natural = choose_exemplars(lists, None if exact_pass else values, hashes, units, n_needed, ex.dedupe_hamming)
-        bottom_ties = _bottom_ties(natural, zero_counts, units, n_seen - len(skipped), ex.relu)
+        natural = choose_exemplars(lists, None if exact_pass else values, hashes, candidates, n_needed,
+                                   ex.dedupe_hamming)
+        bottom_ties = _bottom_ties(natural, zero_counts, candidates, n_seen - len(skipped), ex.relu)
         if bottom_ties and bottom_ties["warning"]:
             notes.append(bottom_ties["warning"])
             say(f"WARNING: {bottom_ties['warning']}", file=sys.stderr)
         natural["file"] = [image_relpath(u, k, r) for u, k, r in zip(natural.unit_id, natural.kind, natural["rank"])]
         natural["source"] = [_relative_source(paths[i], root) for i in natural.image_index]
         natural["spare"] = (natural["rank"] >= ex.k).astype(int)  # 0/1 like the contract booleans
-        write_crops(natural, paths, pp, out)
-        overlap = exemplar_overlap_note(natural, ex.k)
-        if overlap:
-            notes.append(overlap)
-            say(f"WARNING: {overlap}", file=sys.stderr)
         n_changed = int((natural.activation != natural.pass_activation).sum())
         if natural.attrs["boundary"] and not exact_pass:
             msg = (f"the last of the {opts.keep} candidates was chosen for {len(natural.attrs['boundary'])} unit "
@@ -242,17 +246,35 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
                    f"candidates there; run again with a larger --margin (now {margin})")
             notes.append(msg)
             say(f"WARNING: {msg}", file=sys.stderr)
-        say(f"exemplars: {len(natural)} crops from {len(cand)} candidates" + (
+        say(f"exemplars: {len(natural)} chosen from {len(cand)} candidates" + (
             "" if exact_pass else f"; fp32 re-scoring changed {n_changed} values of the {precision} pass"))
 
     else:
         bottom_ties = None
     # ---- feature visualizations (every rank; the renderer shards units) ----
-    fv_rows, fv_params, val = _render_stage(cfg, model, units, natural, out, work, device, info)
+    units, fv_rows, fv_params, val, replaced = _render_stage(cfg, model, units, reserves, natural, out, work, device,
+                                                             info, say)
 
     if not info.is_main:
         D.barrier(info)
         return None
+
+    # ---- the final units' exemplar crops (reserves that were not needed are dropped) ----
+    natural = natural[natural.unit_id.isin(set(units.unit_id))].reset_index(drop=True)
+    if bottom_ties and bottom_ties.get("counts"):
+        bottom_ties["counts"] = {u: c for u, c in bottom_ties["counts"].items() if u in set(units.unit_id)}
+    write_crops(natural, paths, pp, out)
+    overlap = exemplar_overlap_note(natural, ex.k)
+    if overlap:
+        notes.append(overlap)
+        say(f"WARNING: {overlap}", file=sys.stderr)
+    if replaced:
+        msg = (f"{len(replaced)} unit(s) replaced by a reserve unit of the same layer because their feature "
+               f"visualizations did not beat their best natural exemplar: "
+               + ", ".join(f"{r['unit_id']} -> {r['replaced_by']}" for r in replaced[:5])
+               + (" ..." if len(replaced) > 5 else "") + " (manifest: parameters.sampling.replaced)")
+        notes.append(msg)
+        say(f"NOTE: {msg}", file=sys.stderr)
 
     # ---- write the set (rank 0) ----
     extra = [SKIPPED_TABLE, CONVERTED_TABLE, COLLECTION_TABLE]
@@ -297,6 +319,8 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         "sampling": {"per_group": cfg.units.per_group, "explicit": cfg.units.explicit, "file": cfg.units.file,
                      "method": (cfg.units.method if not (cfg.units.explicit or cfg.units.file) else "explicit list"),
                      "rule": SAMPLING_RULES.get(cfg.units.method) if not (cfg.units.explicit or cfg.units.file) else None,
+                     "reserve_per_unit": cfg.units.reserve, "reserve_rule": RESERVE_RULE if cfg.units.reserve else None,
+                     "replaced": replaced,
                      "units_per_layer": {g: {str(k): int(v) for k, v in units[units.group == g].groupby(
                          "layer", sort=False).size().items()} for g in groups}},
         "feature_vis": fv_params if fv_params is not None else {"per_unit": 0, "skipped": True},
@@ -366,12 +390,14 @@ def natural_targets(natural: pd.DataFrame | None) -> dict[str, float]:
     return {str(u): float(v) for u, v in best.items()}
 
 
-def _render_stage(cfg: GeneratorConfig, model: LoadedModel, units: pd.DataFrame, natural: pd.DataFrame | None,
-                  out: Path, work: Path, device: torch.device, info: D.DistInfo):
-    """Feature visualizations of every unit (all ranks render; rank 0 validates). Returns
-    ``(rows, parameters, validation)``, all None when ``per_unit`` is 0."""
+def _render_stage(cfg: GeneratorConfig, model: LoadedModel, units: pd.DataFrame, reserves: pd.DataFrame,
+                  natural: pd.DataFrame | None, out: Path, work: Path, device: torch.device, info: D.DistInfo, say):
+    """Feature visualizations of every unit (all ranks render; rank 0 validates). A unit whose FVs do
+    not all beat its best natural exemplar is replaced by the next reserve of its layer while reserves
+    last (``--reserve-units``); its images are removed. Returns ``(units, rows, parameters,
+    validation, replaced)``; rows, parameters and validation are None when ``per_unit`` is 0."""
     if cfg.feature_vis.per_unit <= 0:
-        return None, None, None
+        return units, None, None, None, []
     from stimuli_gen.render import RenderConfig, render_feature_visualizations, validate_feature_vis
 
     ex = cfg.exemplars
@@ -380,11 +406,48 @@ def _render_stage(cfg: GeneratorConfig, model: LoadedModel, units: pd.DataFrame,
                  "statistic": ex.statistic, **cfg.feature_vis.overrides}
     rcfg = RenderConfig.from_preset(cfg.feature_vis.preset, **overrides)
     targets = D.gather_objects(natural_targets(natural) if info.is_main else None, info)[0]
-    rows = render_feature_visualizations(model, units, rcfg, out, device=device, checkpoint_dir=work / "fv",
-                                         progress=cfg.run.progress and info.is_main,
-                                         resume=None if cfg.run.resume else False, targets=targets)
+
+    def render(todo: pd.DataFrame, round_: int) -> pd.DataFrame:
+        return render_feature_visualizations(model, todo, rcfg, out, device=device,
+                                             checkpoint_dir=work / ("fv" if round_ == 0 else f"fv_reserve{round_}"),
+                                             progress=cfg.run.progress and info.is_main,
+                                             resume=None if cfg.run.resume else False, targets=targets)
+
+    rows = render(units, 0)
+    replaced: list[dict] = []
+    used: set[str] = set()
+    for round_ in range(1, len(reserves) + 1):
+        failed = _failed_units(rows, units)
+        picks = next_reserves(failed, reserves, used)
+        if not picks:
+            break
+        say(f"replacing {len(picks)} unit(s) whose feature visualizations lost to a natural exemplar "
+            f"(reserve round {round_})")
+        new_rows = render(pd.DataFrame([r for _, r in picks], columns=units.columns), round_)
+        by = dict((f, r) for f, r in picks)
+        for f, r in picks:
+            lost = rows[rows.unit_id == f]
+            replaced.append({"unit_id": f, "replaced_by": r["unit_id"], "round": round_,
+                             "margin_min": float(lost.margin.min()),
+                             "search_status": str(lost.search_status.iloc[0])})
+            if info.is_main:
+                for rel in lost.file:
+                    (out / rel).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # the folder of its images, when nothing else is in it
+                    (out / Path(lost.file.iloc[0]).parent).rmdir()
+        rows = pd.concat([rows[~rows.unit_id.isin(list(by))], new_rows], ignore_index=True)
+        units = pd.DataFrame([by.get(u.unit_id, u._asdict()) for u in units.itertuples(index=False)],
+                             columns=units.columns)
+    pos = {u: i for i, u in enumerate(units.unit_id)}
+    rows = rows.assign(_o=rows.unit_id.map(pos)).sort_values(["_o", "rank"]).drop(columns="_o").reset_index(drop=True)
     val = validate_feature_vis(rows, natural) if info.is_main else None
-    return rows, rcfg.to_dict(), val
+    return units, rows, rcfg.to_dict(), val, replaced
+
+
+def _failed_units(rows: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
+    """Units with a feature visualization that does not beat the unit's best natural exemplar."""
+    bad = set(rows.loc[~(rows.margin > 0), "unit_id"])
+    return units[units.unit_id.isin(bad)]
 
 
 def _lists_from_saved(src: Path, paths: list[str], pp: Preprocess, model: LoadedModel, ex, units: pd.DataFrame,
