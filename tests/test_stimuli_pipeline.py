@@ -13,6 +13,7 @@ from PIL import Image
 from contracts.stimulus_set import image_relpath, load_stimulus_set
 from stimuli_gen import cli, exemplars
 from stimuli_gen.collection import Preprocess, load_crop
+from stimuli_gen.saved_activations import activation_range_problem
 
 torch.set_num_threads(1)
 SMALL = ["--resize", "72", "--crop", "64", "--weights", "random", "--no-progress", "--workers", "0", "--batch-size", "16"]
@@ -244,7 +245,7 @@ def test_resume_after_a_crash_reuses_the_pass_and_saves_activations(collection, 
     # an untrained network without recalibration underflowed float16 (~1e-8): say so, refuse to re-use
     saved = np.load(tmp_path / "f16" / "activations.npy")
     np.save(tmp_path / "f16" / "activations.npy", np.where(np.isnan(saved), saved, 0).astype(np.float16))
-    assert "float16 cannot hold these activations" in P._activation_range_problem(tmp_path / "f16" / "activations.npy")
+    assert "float16 cannot hold these activations" in activation_range_problem(tmp_path / "f16" / "activations.npy")
     capsys.readouterr()
     assert cli.main([*args[:1], str(tmp_path / "x"), *args[2:-len(SMALL)], *SMALL, "--activations-from", str(tmp_path / "f16")]) == 1
     assert "are constant or infinite" in capsys.readouterr().err
