@@ -7,8 +7,7 @@ import sys
 
 EPILOG = """examples:
   # demo set on the built-in photographs (random weights unless torchvision's cache has GoogLeNet)
-  fvmatch-stimuli --out data/stimuli/demo --collection builtin --weights auto --units-per-group 3 \\
-      --k 10 --fv-per-unit 5 --fv-steps 32 --fv-size 128 --seed 0
+  fvmatch-stimuli --config stimuli_gen/configs/demo.toml --out data/stimuli/demo
 
   # a real set from ImageNet val on a GPU, everything else from a config file
   fvmatch-stimuli --config my-set.toml --collection /data/imagenet/val --out data/stimuli/my-set
