@@ -7,8 +7,7 @@ import sys
 
 EPILOG = """examples:
   # demo set on the built-in photographs (random weights unless torchvision's cache has GoogLeNet)
-  fvmatch-stimuli --out data/stimuli/demo --collection builtin --weights auto --units-per-group 3 \\
-      --k 10 --fv-per-unit 5 --fv-steps 32 --fv-size 128 --seed 0
+  fvmatch-stimuli --config stimuli_gen/configs/demo.toml --out data/stimuli/demo
 
   # a real set from ImageNet val on a GPU, everything else from a config file
   fvmatch-stimuli --config my-set.toml --collection /data/imagenet/val --out data/stimuli/my-set
@@ -39,6 +38,7 @@ OVERRIDES = {
     "--device": ("run.device", str, "auto (default), cpu, cuda, cuda:N"),
     "--seed": ("run.seed", int, "seed for unit sampling, random weights and rendering (default 0)"),
     "--units-per-group": ("units.per_group", int, "units sampled per layer group (default 10)"),
+    "--reserve-units": ("units.reserve", int, "reserve units per unit (same layer) that replace units whose feature visualizations cannot beat their best natural exemplar (default 0: keep and report them)"),
     "--units-file": ("units.file", str, "CSV (layer,channel[,group]) or text file of layer:channel[:group]"),
     "--k": ("exemplars.k", int, "exemplars per side (max and min) and unit (default 10)"),
     "--spares": ("exemplars.spares", int, "extra exemplars per side written as ranks k.. with spare=1 (default 2)"),

@@ -67,6 +67,9 @@ class UnitsConfig:
     file: str | None = None  # CSV (layer, channel[, group]) or text of layer:channel[:group]
     seed: int | None = None  # None: run.seed
     method: str = "stratified"  # stratified (equal per layer of a group) | uniform (over (layer, channel) pairs)
+    # reserve units per unit, from its layer: a unit whose FVs cannot beat its best natural exemplar is
+    # replaced by the next reserve of its layer (0: failing units are kept and reported)
+    reserve: int = 0
 
 
 @dataclass
@@ -159,6 +162,9 @@ class GeneratorConfig:
         u, ex, col, fv = self.units, self.exemplars, self.collection, self.feature_vis
         if not u.explicit and not u.file:
             need(u.per_group >= 1, "units.per_group", "--units-per-group", ">= 1", u.per_group)
+        need(u.reserve >= 0, "units.reserve", "--reserve-units", ">= 0", u.reserve)
+        need(u.reserve == 0 or fv.per_unit > 0, "units.reserve", "--reserve-units",
+             "0 when no feature visualizations are rendered (--fv-per-unit 0): nothing can fail", u.reserve)
         need(ex.k >= 1, "exemplars.k", "--k", ">= 1", ex.k)
         need(ex.spares >= 0, "exemplars.spares", "--spares", ">= 0", ex.spares)
         need(ex.margin is None or ex.margin >= 0, "exemplars.margin", "--margin", ">= 0", ex.margin)

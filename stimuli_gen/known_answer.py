@@ -37,13 +37,16 @@ class KnownUnit:
     colour: tuple[float, float, float] = (1.0, 1.0, 1.0)  # RGB weights of the Gabor (1, -1, 0): red-green opponent
 
 
-def gabor(orientation_deg: float, wavelength: float = 4.0, sigma: float = 2.5, size: int = KERNEL) -> torch.Tensor:
-    """Zero-mean, unit-norm cosine Gabor (``size x size``); the wave vector points along ``orientation_deg``."""
+def gabor(orientation_deg: float, wavelength: float = 4.0, sigma: float = 2.5, size: int = KERNEL,
+          phase: str = "cos") -> torch.Tensor:
+    """Zero-mean, unit-norm cosine (or ``phase="sin"``) Gabor (``size x size``); the wave vector points
+    along ``orientation_deg``."""
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     y, x = torch.meshgrid(r, r, indexing="ij")
     t = math.radians(orientation_deg)
     u = x * math.cos(t) + y * math.sin(t)
-    g = torch.exp(-(x ** 2 + y ** 2) / (2 * sigma ** 2)) * torch.cos(2 * math.pi * u / wavelength)
+    wave = torch.cos if phase == "cos" else torch.sin
+    g = torch.exp(-(x ** 2 + y ** 2) / (2 * sigma ** 2)) * wave(2 * math.pi * u / wavelength)
     g = g - g.mean()
     return (g / g.norm()).float()
 
@@ -114,6 +117,48 @@ def dominant_orientation(image01: np.ndarray | torch.Tensor) -> tuple[float, flo
     return angle % 180.0, coherence
 
 
+def oriented_energy(image2d: np.ndarray | torch.Tensor, orientations_deg: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0),
+                    wavelength: float = 4.0, sigma: float = 2.5) -> np.ndarray:
+    """Mean quadrature (phase-invariant) energy of an ``H x W`` image in the band of the known units'
+    Gabors, at each orientation: what a bank of the units' own filters sees. Unlike the structure
+    tensor (``dominant_orientation``), it ignores structure at other scales, which a unit built from a
+    7x7 Gabor cannot see either."""
+    x = torch.as_tensor(image2d, dtype=torch.float64)[None, None]
+    x = x - x.mean()
+    out = []
+    for deg in orientations_deg:
+        e = 0.0
+        for phase in ("cos", "sin"):
+            k = gabor(deg, wavelength, sigma, KERNEL, phase).double()[None, None]
+            e = e + torch.nn.functional.conv2d(x, k) ** 2
+        out.append(float(e.mean()))
+    return np.array(out)
+
+
+def preferred_orientation(image2d: np.ndarray | torch.Tensor,
+                          orientations_deg: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0)) -> float:
+    """The orientation (of ``orientations_deg``) with the most energy in the Gabors' band."""
+    return float(orientations_deg[int(np.argmax(oriented_energy(image2d, orientations_deg)))])
+
+
+def chromatic_ratio(image01: np.ndarray | torch.Tensor, colour: tuple[float, float, float],
+                    orientation_deg: float) -> float:
+    """In the Gabors' band at ``orientation_deg``: the amplitude of the pattern along the chromatic
+    direction ``colour`` (e.g. red-green) over that along the other chromatic direction (orthogonal to
+    it and to luminance; blue-yellow for red-green). > 1: the FV's colour contrast is the unit's.
+
+    Luminance is left out on purpose: Lucid's recipe (decorrelated colour, Adam's per-coordinate
+    steps) puts luminance structure into every FV of a colour unit, with or without diversity
+    (measured: red-green/luminance 0.74 at weight 0), so a luminance-free pattern is not what any
+    recipe here produces."""
+    x = torch.as_tensor(image01, dtype=torch.float64)
+    c = np.asarray(colour, dtype=np.float64)
+    other = np.cross(c, np.ones(3))
+    e_c = oriented_energy(colour_image(x, tuple(c)), (orientation_deg,))[0] / float(c @ c)
+    e_o = oriented_energy(colour_image(x, tuple(other)), (orientation_deg,))[0] / float(other @ other)
+    return math.sqrt(e_c / max(e_o, 1e-30))
+
+
 def angle_error(a_deg: float, b_deg: float) -> float:
     """Distance of two orientations modulo 180 degrees (0..90)."""
     d = abs(a_deg - b_deg) % 180.0
@@ -124,11 +169,3 @@ def colour_image(image01: np.ndarray | torch.Tensor, colour: tuple[float, float,
     """The image's RGB channels weighted by ``colour`` (``H x W``; R - G for (1, -1, 0))."""
     x = torch.as_tensor(image01, dtype=torch.float64)
     return torch.einsum("chw,c->hw", x, torch.tensor(colour, dtype=torch.float64))
-
-
-def opponent_contrast(image01: np.ndarray | torch.Tensor, colour: tuple[float, float, float]) -> float:
-    """Spatial std of the ``colour``-weighted image over the std of the luminance (RGB mean): > 1 when
-    the pattern lives in that colour direction more than in luminance."""
-    x = torch.as_tensor(image01, dtype=torch.float64)
-    w = torch.tensor(colour, dtype=torch.float64)
-    return float(colour_image(x, colour).std() / w.norm() / (x.mean(0).std() * math.sqrt(3)).clamp_min(1e-12))

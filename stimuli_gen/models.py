@@ -265,7 +265,7 @@ class LoadedModel:
                                  f"(0..{self.net.channels[layer] - 1})")
 
 
-RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: the network is untrained (requested explicitly). Units, exemplars and "
+RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: the network is untrained. Units, exemplars and "
                           "feature visualizations made with it are meaningless for a study; use them only for tests "
                           "and dry runs.")
 

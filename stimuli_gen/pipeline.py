@@ -9,13 +9,14 @@ set through ``contracts.stimulus_set.write_stimulus_set``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -24,18 +25,18 @@ from contracts.stimulus_set import _SET_ID, image_relpath, write_stimulus_set
 from stimuli_gen import distributed as D
 from stimuli_gen.collection import DECODERS, Preprocess, list_collection
 from stimuli_gen.config import GeneratorConfig
-from stimuli_gen.exemplars import (POST_TIE_RULE, PassOptions, choose_exemplars, lists_from_activations, pass_fingerprint, rescore,
-                                   run_pass, write_crops)
+from stimuli_gen.exemplars import POST_TIE_RULE, PassOptions, choose_exemplars, pass_fingerprint, rescore, run_pass, write_crops
 from stimuli_gen.models import (DEFAULT_LAYER_GROUPS, RANDOM_WEIGHTS_WARNING, RELU_MODES, TORCHVISION_WEIGHTS_FILE,
                                 LoadedModel)
 from stimuli_gen.manipulate.store import load_any
+from stimuli_gen.saved_activations import (CONVERTED_TABLE, SKIPPED_TABLE, activation_range_problem, combine_activations,
+                                          lists_from_saved)
 from stimuli_gen.safety import check_output_folder, exemplar_overlap_note
 from stimuli_gen.topk import EMPTY_INDEX
-from stimuli_gen.units import SAMPLING_RULES, parse_unit_list, read_unit_file, sample_units
+from stimuli_gen.render_stage import natural_targets, render_stage  # noqa: F401 (natural_targets: re-exported)
+from stimuli_gen.units import RESERVE_RULE, SAMPLING_RULES, parse_unit_list, read_unit_file, reserve_units, sample_units
 
 WORK_DIR = ".work"  # checkpoints inside the output folder, removed when the set is complete
-SKIPPED_TABLE = "skipped_files.csv"
-CONVERTED_TABLE = "converted_files.csv"
 COLLECTION_TABLE = "collection_files.csv"
 VALIDATION_TABLE = "validation.csv"
 
@@ -70,13 +71,16 @@ def _units(cfg: GeneratorConfig, model: LoadedModel, groups: dict[str, list[str]
     elif cfg.units.file:
         units = read_unit_file(cfg.units.file, groups)
     else:
-        seed = cfg.run.seed if cfg.units.seed is None else cfg.units.seed
-        return sample_units(groups, model.net.channels, cfg.units.per_group, seed, cfg.units.method)
+        return sample_units(groups, model.net.channels, cfg.units.per_group, _unit_seed(cfg), cfg.units.method)
     model.check_units(zip(units.layer, units.channel))
     bad = units[~units.group.isin(list(groups))]
     if len(bad):
         raise ValueError(f"unit {bad.unit_id.iloc[0]}: group {bad.group.iloc[0]!r} is not a layer group {list(groups)}")
     return units
+
+
+def _unit_seed(cfg: GeneratorConfig) -> int:
+    return cfg.run.seed if cfg.units.seed is None else cfg.units.seed
 
 
 def _workers(n: int) -> int:
@@ -105,9 +109,72 @@ def generate(cfg: GeneratorConfig) -> Path | None:
         D.shutdown(info)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What every stage of one generation run shares (set up by the first stages)."""
+
+    cfg: GeneratorConfig
+    info: D.DistInfo
+    device: torch.device
+    say: Any
+    out: Path
+    decoder: str
+    notes: list[str] = dataclasses.field(default_factory=list)
+    source: str = ""
+    paths: list[str] = dataclasses.field(default_factory=list)
+    root: Path | None = None
+    pp: Preprocess | None = None
+    model: LoadedModel | None = None
+    work: Path | None = None
+
+    def warn(self, msg: str, label: str = "WARNING") -> None:
+        self.notes.append(msg)
+        self.say(f"{label}: {msg}", file=sys.stderr)
+
+
+@dataclasses.dataclass
+class _PassResult:
+    lists: Any
+    skipped: list
+    converted: list
+    seconds: float
+    n_seen: int
+    zero_counts: Any
+    opts: PassOptions
+    precision: str
+    all_channels: dict | None
+
+
 def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say, t_start: float) -> Path | None:
+    run = _check_settings(cfg, info, device, say)  # every check that can fail, before any work
+    _open_collection(run)
+    groups = _load_model(run)
+    units = _units(cfg, run.model, groups)
+    reserves = reserve_units(units, run.model.net.channels, cfg.units.reserve, _unit_seed(cfg))
+    candidates = pd.concat([units, reserves], ignore_index=True)  # the pass finds exemplars of the reserves too
+    _calibrate_random_network(run)
+    run.work = _clear_output(run)
+    pas = _exemplar_pass(run, candidates, groups, units, reserves)
+    natural, bottom_ties = _choose_natural(run, pas, candidates) if info.is_main else (None, None)
+    units, fv_rows, fv_params, val, replaced = render_stage(cfg, run.model, units, reserves, natural, run.out,
+                                                             run.work, device, info, say)
+    if not info.is_main:
+        D.barrier(info)
+        return None
+    natural = _write_final_crops(run, natural, units, bottom_ties, replaced)
+    extra, val, ps_params = _write_tables(run, pas, units, natural, fv_rows, val)
+    images = _concat_keeping_ints([natural, fv_rows] if fv_rows is not None else [natural])
+    manifest = _manifest(run, pas, groups, units, bottom_ties, replaced, fv_params, ps_params, extra)
+    write_stimulus_set(run.out, manifest, units, images)
+    shutil.rmtree(run.work, ignore_errors=True)
+    _summary(run, pas, val, time.perf_counter() - t_start)
+    D.barrier(info)
+    return run.out
+
+
+def _check_settings(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say) -> _Run:
+    """Refuse settings no run can use and an output folder that must not be written, before any work."""
     ex, col = cfg.exemplars, cfg.collection
-    # ---- checks before any work ----
     if not cfg.run.out:
         raise ValueError("no output folder: pass --out DIR (or [run] out in the config)")
     out = Path(cfg.run.out)
@@ -128,196 +195,259 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         raise ValueError(f"decoder must be 'auto' or one of {DECODERS}, got {col.decoder!r}")
     # never the collection or a folder around it; --overwrite only of a stimulus set (stimuli_gen.safety)
     check_output_folder(out, col.source, col.builtin_dir, cfg.run.overwrite, cfg.run.resume)
+    return _Run(cfg, info, device, say, out, decoder)
+
+
+def _open_collection(run: _Run) -> None:
+    """List the collection (writing the built-in one first) and check it holds enough images."""
+    col, ex = run.cfg.collection, run.cfg.exemplars
     source = col.source
     if source == "builtin":
-        if info.is_main:
+        if run.info.is_main:
             from stimuli_gen.builtin_collection import write_builtin_collection
 
             write_builtin_collection(col.builtin_dir)
-        D.barrier(info)
+        D.barrier(run.info)
         source = col.builtin_dir
-    paths, root = list_collection(source)
+    run.source = source
+    run.paths, run.root = list_collection(source)
     n_needed = ex.k + ex.spares
-    if n_needed > len(paths):
+    if n_needed > len(run.paths):
         raise ValueError(f"k + spares = {n_needed} exemplars per side requested but the collection {source} "
-                         f"has only {len(paths)} images")
+                         f"has only {len(run.paths)} images")
+    run.pp = Preprocess(resize=col.resize, crop=col.crop, min_side=col.min_side, background=tuple(col.background))
+
+
+def _load_model(run: _Run) -> dict[str, list[str]]:
+    """Load the network (a manipulated-model folder too), say loudly what is unusual about its weights,
+    and return its layer groups."""
+    cfg = run.cfg
     weights, weights_note = resolve_weights(cfg.model.name, cfg.model.weights)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-weights warning is printed below, louder
-        model = load_any(cfg.model.name, weights, seed=cfg.run.seed, device="cpu")  # a manipulated-model folder too
+        model = load_any(cfg.model.name, weights, seed=cfg.run.seed, device="cpu")
     groups = _layer_groups(cfg, model)
     model.layer_groups = groups
-    units = _units(cfg, model, groups)
+    run.model = model
     manipulation = getattr(model, "manipulation", None)
-    notes = [manipulation["statement"]] if manipulation else []
     if manipulation:
-        say(f"{RANDOM_BANNER}\n{manipulation['statement']}\n{RANDOM_BANNER}", file=sys.stderr)
+        run.notes.append(manipulation["statement"])
+        run.say(f"{RANDOM_BANNER}\n{manipulation['statement']}\n{RANDOM_BANNER}", file=sys.stderr)
     if model.random_weights:
-        notes.append(RANDOM_WEIGHTS_WARNING)
+        run.notes.append(RANDOM_WEIGHTS_WARNING)
         if weights_note:
-            notes.append(weights_note)
-        say(f"{RANDOM_BANNER}\n{' '.join(notes)}\n{RANDOM_BANNER}", file=sys.stderr)
-    pp = Preprocess(resize=col.resize, crop=col.crop, min_side=col.min_side, background=tuple(col.background))
-    if model.random_weights and not manipulation:  # a manipulated model was calibrated before it was manipulated
+            run.notes.append(weights_note)
+        run.say(f"{RANDOM_BANNER}\n{' '.join(run.notes)}\n{RANDOM_BANNER}", file=sys.stderr)
+    return groups
+
+
+def _calibrate_random_network(run: _Run) -> None:
+    """Random weights: BatchNorm statistics re-estimated on the collection (stimuli_gen.random_net); a
+    manipulated model was calibrated before it was manipulated and is left alone."""
+    if run.model.random_weights and not getattr(run.model, "manipulation", None):
         from stimuli_gen.random_net import calibrate_on_collection
 
-        calibration = calibrate_on_collection(model, paths, pp)
+        calibration = calibrate_on_collection(run.model, run.paths, run.pp)
         if calibration:
-            say(f"random network: {calibration['method']}")
+            run.say(f"random network: {calibration['method']}")
+
+
+def _clear_output(run: _Run) -> Path:
+    """Every check has passed on every rank: only now may --overwrite remove the old set. Returns the
+    work folder (checkpoints, removed when the set is complete)."""
+    D.barrier(run.info)
+    if run.info.is_main and run.cfg.run.overwrite and not run.cfg.run.resume and run.out.exists():
+        shutil.rmtree(run.out)
+    D.barrier(run.info)
+    work = run.out / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _exemplar_pass(run: _Run, candidates: pd.DataFrame, groups: dict, units: pd.DataFrame,
+                   reserves: pd.DataFrame) -> _PassResult:
+    """One pass over this rank's shard of the collection (or an earlier set's saved activations),
+    merged across ranks: each candidate unit's top and bottom candidate images."""
+    cfg, info, model = run.cfg, run.info, run.model
+    ex, col = cfg.exemplars, cfg.collection
     margin = ex.k if ex.margin is None else ex.margin
     opts = PassOptions(statistic=ex.statistic, relu=ex.relu, precision=ex.precision, channels_last=ex.channels_last,
-                       batch_size=col.batch_size, workers=_workers(col.workers), decoder=decoder,
-                       keep=min(n_needed + margin, len(paths)), checkpoint_every_s=ex.checkpoint_every_s)
-    precision = opts.resolved_precision(device)
-    say(f"model {model.name} ({model.weights['identity']}), device {device}, {info.world_size} process(es), "
-        f"{len(units)} units in {units.group.nunique()} groups, {len(paths)} images from {source}, decoder {decoder}, "
-        f"{precision}, {opts.workers} loader workers")
-
-    # ---- the exemplar pass over this rank's shard ----
-    # every check has passed on every rank: only now may --overwrite remove the old set
-    D.barrier(info)
-    if info.is_main and cfg.run.overwrite and not cfg.run.resume and out.exists():
-        shutil.rmtree(out)
-    D.barrier(info)
-    work = out / WORK_DIR
-    work.mkdir(parents=True, exist_ok=True)
+                       batch_size=col.batch_size, workers=_workers(col.workers), decoder=run.decoder,
+                       keep=min(ex.k + ex.spares + margin, len(run.paths)), checkpoint_every_s=ex.checkpoint_every_s)
+    precision = opts.resolved_precision(run.device)
+    run.say(f"model {model.name} ({model.weights['identity']}), device {run.device}, {info.world_size} process(es), "
+            f"{len(units)} units in {units.group.nunique()} groups"
+            + (f" (+{len(reserves)} reserve)" if len(reserves) else "")
+            + f", {len(run.paths)} images from {run.source}, decoder {run.decoder}, {precision}, "
+            f"{opts.workers} loader workers")
     all_channels = ({l: model.net.channels[l] for l in model.net.layer_names if any(l in v for v in groups.values())}
                     if ex.save_activations and not ex.activations_from else None)
-    fingerprint = pass_fingerprint(paths=sha256_json(paths), units=units.to_dict("list"), pp=pp.to_dict(),
+    if ex.activations_from:
+        t0 = time.perf_counter()
+        lists, skipped, converted = lists_from_saved(Path(ex.activations_from), run.paths, run.pp, model, ex,
+                                                      candidates, opts.keep)
+        # saved post-ReLU activations cannot break ties at 0
+        return _PassResult(lists, skipped, converted, time.perf_counter() - t0, len(run.paths), None, opts,
+                           precision, all_channels)
+    fingerprint = pass_fingerprint(paths=sha256_json(run.paths), units=candidates.to_dict("list"), pp=run.pp.to_dict(),
                                    opts=vars(opts) | {"checkpoint_every_s": None, "workers": None, "batch_size": None},
                                    model=model.name, weights=model.weights, world=info.world_size, rank=info.rank,
                                    all_channels=all_channels, activations_dtype=ex.activations_dtype)
-    if ex.activations_from:
-        t0 = time.perf_counter()
-        lists, skipped, converted = _lists_from_saved(Path(ex.activations_from), paths, pp, model, ex, units, opts.keep)
-        pass_seconds, n_seen = time.perf_counter() - t0, len(paths)
-        zero_counts = None  # saved post-ReLU activations cannot break ties at 0
-    else:
-        zero_counts = None
-        indices = D.shard(list(range(len(paths))), info)
-        res = run_pass(model.net, paths, indices, units, pp, opts, device,
-                       checkpoint_path=work / f"pass_rank{info.rank}.pt", resume=cfg.run.resume, fingerprint=fingerprint,
-                       progress=cfg.run.progress and info.is_main,
-                       activations_path=work / f"activations_rank{info.rank}.npy" if all_channels else None,
-                       all_channels=all_channels, activations_dtype=ex.activations_dtype)
-        lists = D.merge_across_ranks(res.lists.to("cpu"), info)
-        gathered = D.gather_objects({"skipped": res.skipped, "converted": res.converted, "n": res.n_seen,
-                                     "seconds": res.seconds, "zeros": res.zero_counts}, info)
-        if ex.relu == "post":
-            zero_counts = sum(g["zeros"] for g in gathered)
-        skipped = sorted(s for g in gathered for s in g["skipped"])
-        converted = sorted(s for g in gathered for s in g["converted"])
-        pass_seconds = max(g["seconds"] for g in gathered)
-        n_seen = sum(g["n"] for g in gathered)
+    res = run_pass(model.net, run.paths, D.shard(list(range(len(run.paths))), info), candidates, run.pp, opts,
+                   run.device, checkpoint_path=run.work / f"pass_rank{info.rank}.pt", resume=cfg.run.resume,
+                   fingerprint=fingerprint, progress=cfg.run.progress and info.is_main,
+                   activations_path=run.work / f"activations_rank{info.rank}.npy" if all_channels else None,
+                   all_channels=all_channels, activations_dtype=ex.activations_dtype)
+    lists = D.merge_across_ranks(res.lists.to("cpu"), info)
+    gathered = D.gather_objects({"skipped": res.skipped, "converted": res.converted, "n": res.n_seen,
+                                 "seconds": res.seconds, "zeros": res.zero_counts}, info)
+    return _PassResult(lists, sorted(s for g in gathered for s in g["skipped"]),
+                       sorted(s for g in gathered for s in g["converted"]), max(g["seconds"] for g in gathered),
+                       sum(g["n"] for g in gathered),
+                       sum(g["zeros"] for g in gathered) if ex.relu == "post" else None, opts, precision, all_channels)
 
-    # ---- choose exemplars (fp32 re-scoring of the candidates) and write the crops ----
-    natural = None
-    if info.is_main:
-        res_lists = lists.result()
-        cand = sorted({int(i) for side in res_lists.values() for i in side[1].flatten() if int(i) != EMPTY_INDEX})
-        # fp32 re-scoring is needed when the pass differs from the PIL crops in fp32 (bf16, or the
-        # torchvision decoder); hashes only for near-duplicate skipping
-        exact_pass = precision == "fp32" and decoder == "pil" and not ex.activations_from  # saved ones are float16
-        values, hashes = rescore(model.net, paths, cand, units, pp, ex.statistic, ex.relu, device, col.batch_size,
-                                 with_values=not exact_pass, with_hashes=ex.dedupe_hamming >= 0, workers=opts.workers)
-        natural = choose_exemplars(lists, None if exact_pass else values, hashes, units, n_needed, ex.dedupe_hamming)
-        bottom_ties = _bottom_ties(natural, zero_counts, units, n_seen - len(skipped), ex.relu)
-        if bottom_ties and bottom_ties["warning"]:
-            notes.append(bottom_ties["warning"])
-            say(f"WARNING: {bottom_ties['warning']}", file=sys.stderr)
-        natural["file"] = [image_relpath(u, k, r) for u, k, r in zip(natural.unit_id, natural.kind, natural["rank"])]
-        natural["source"] = [_relative_source(paths[i], root) for i in natural.image_index]
-        natural["spare"] = (natural["rank"] >= ex.k).astype(int)  # 0/1 like the contract booleans
-        write_crops(natural, paths, pp, out)
-        overlap = exemplar_overlap_note(natural, ex.k)
-        if overlap:
-            notes.append(overlap)
-            say(f"WARNING: {overlap}", file=sys.stderr)
-        n_changed = int((natural.activation != natural.pass_activation).sum())
-        if natural.attrs["boundary"] and not exact_pass:
-            msg = (f"the last of the {opts.keep} candidates was chosen for {len(natural.attrs['boundary'])} unit "
-                   f"side(s) (e.g. {natural.attrs['boundary'][0]}): the fp32 ranking may reach beyond the "
-                   f"candidates there; run again with a larger --margin (now {margin})")
-            notes.append(msg)
-            say(f"WARNING: {msg}", file=sys.stderr)
-        say(f"exemplars: {len(natural)} crops from {len(cand)} candidates" + (
-            "" if exact_pass else f"; fp32 re-scoring changed {n_changed} values of the {precision} pass"))
 
-    else:
-        bottom_ties = None
-    # ---- feature visualizations (every rank; the renderer shards units) ----
-    fv_rows, fv_params, val = _render_stage(cfg, model, units, natural, out, work, device, info)
+def _exact_pass(run: _Run, pas: _PassResult) -> bool:
+    """The pass scored exactly the PIL crops in fp32 (no re-scoring needed); saved activations are float16."""
+    return pas.precision == "fp32" and run.decoder == "pil" and not run.cfg.exemplars.activations_from
 
-    if not info.is_main:
-        D.barrier(info)
-        return None
 
-    # ---- write the set (rank 0) ----
+def _choose_natural(run: _Run, pas: _PassResult, candidates: pd.DataFrame) -> tuple[pd.DataFrame, dict | None]:
+    """Rank 0: re-score the candidate images in fp32 where the pass was not exact, choose each unit's
+    exemplars, break and count bottom ties; returns the natural rows (files not written yet)."""
+    ex, paths = run.cfg.exemplars, run.paths
+    res_lists = pas.lists.result()
+    cand = sorted({int(i) for side in res_lists.values() for i in side[1].flatten() if int(i) != EMPTY_INDEX})
+    exact = _exact_pass(run, pas)
+    # hashes only for near-duplicate skipping
+    values, hashes = rescore(run.model.net, paths, cand, candidates, run.pp, ex.statistic, ex.relu, run.device,
+                             run.cfg.collection.batch_size, with_values=not exact,
+                             with_hashes=ex.dedupe_hamming >= 0, workers=pas.opts.workers)
+    natural = choose_exemplars(pas.lists, None if exact else values, hashes, candidates, ex.k + ex.spares,
+                               ex.dedupe_hamming)
+    bottom_ties = _bottom_ties(natural, pas.zero_counts, candidates, pas.n_seen - len(pas.skipped), ex.relu)
+    if bottom_ties and bottom_ties["warning"]:
+        run.warn(bottom_ties["warning"])
+    natural["file"] = [image_relpath(u, k, r) for u, k, r in zip(natural.unit_id, natural.kind, natural["rank"])]
+    natural["source"] = [_relative_source(paths[i], run.root) for i in natural.image_index]
+    natural["spare"] = (natural["rank"] >= ex.k).astype(int)  # 0/1 like the contract booleans
+    n_changed = int((natural.activation != natural.pass_activation).sum())
+    if natural.attrs["boundary"] and not exact:
+        margin = ex.k if ex.margin is None else ex.margin
+        run.warn(f"the last of the {pas.opts.keep} candidates was chosen for {len(natural.attrs['boundary'])} unit "
+                 f"side(s) (e.g. {natural.attrs['boundary'][0]}): the fp32 ranking may reach beyond the "
+                 f"candidates there; run again with a larger --margin (now {margin})")
+    run.say(f"exemplars: {len(natural)} chosen from {len(cand)} candidates" + (
+        "" if exact else f"; fp32 re-scoring changed {n_changed} values of the {pas.precision} pass"))
+    return natural, bottom_ties
+
+
+def _write_final_crops(run: _Run, natural: pd.DataFrame, units: pd.DataFrame, bottom_ties: dict | None,
+                       replaced: list[dict]) -> pd.DataFrame:
+    """The exemplar crops of the final units (reserves that were not needed are dropped)."""
+    keep = set(units.unit_id)
+    natural = natural[natural.unit_id.isin(keep)].reset_index(drop=True)
+    if bottom_ties and bottom_ties.get("counts"):
+        bottom_ties["counts"] = {u: c for u, c in bottom_ties["counts"].items() if u in keep}
+    write_crops(natural, run.paths, run.pp, run.out)
+    overlap = exemplar_overlap_note(natural, run.cfg.exemplars.k)
+    if overlap:
+        run.warn(overlap)
+    if replaced:
+        run.warn(f"{len(replaced)} unit(s) replaced by a reserve unit of the same layer because their feature "
+                 f"visualizations did not beat their best natural exemplar: "
+                 + ", ".join(f"{r['unit_id']} -> {r['replaced_by']}" for r in replaced[:5])
+                 + (" ..." if len(replaced) > 5 else "") + " (manifest: parameters.sampling.replaced)", label="NOTE")
+    return natural
+
+
+def _write_tables(run: _Run, pas: _PassResult, units: pd.DataFrame, natural: pd.DataFrame,
+                  fv_rows: pd.DataFrame | None, val: pd.DataFrame | None):
+    """The set's extra tables: skipped/converted/collection files, the path-similarity check (adds
+    columns to the validation table), validation.csv, saved activations. Returns
+    ``(extra file names, validation table, path-similarity parameters)``."""
+    out, paths, root = run.out, run.paths, run.root
     extra = [SKIPPED_TABLE, CONVERTED_TABLE, COLLECTION_TABLE]
-    pd.DataFrame([(i, _relative_source(paths[i], root), r) for i, r in skipped],
+    pd.DataFrame([(i, _relative_source(paths[i], root), r) for i, r in pas.skipped],
                  columns=["index", "source", "reason"]).to_csv(out / SKIPPED_TABLE, index=False)
-    pd.DataFrame([(i, _relative_source(paths[i], root), r) for i, r in converted],
+    pd.DataFrame([(i, _relative_source(paths[i], root), r) for i, r in pas.converted],
                  columns=["index", "source", "conversion"]).to_csv(out / CONVERTED_TABLE, index=False)
     pd.DataFrame({"index": range(len(paths)), "source": [_relative_source(p, root) for p in paths]}).to_csv(
         out / COLLECTION_TABLE, index=False)
     ps_files, ps_params = [], {"skipped": "no feature visualizations" if val is None else "disabled"}
-    if val is not None and cfg.path_similarity.enabled:  # Geirhos et al. 2023 check; adds columns to val
+    if val is not None and run.cfg.path_similarity.enabled:  # Geirhos et al. 2023 check
         from stimuli_gen.path_similarity_set import check_at_generation, options_from_config
 
-        val, ps_files, ps_params = check_at_generation(out, model, units, natural, fv_rows, val, paths, pp, device,
-                                                       options_from_config(cfg), cfg.run.progress, say)
+        val, ps_files, ps_params = check_at_generation(out, run.model, units, natural, fv_rows, val, paths, run.pp,
+                                                       run.device, options_from_config(run.cfg),
+                                                       run.cfg.run.progress, run.say)
     extra += ps_files
     if val is not None:
         val.to_csv(out / VALIDATION_TABLE, index=False)
         extra.append(VALIDATION_TABLE)
-    if all_channels:
-        extra += _combine_activations(out, work, all_channels, len(paths), info.world_size, ex.activations_dtype)
-        problem = _activation_range_problem(out / "activations.npy")
+    if pas.all_channels:
+        ex = run.cfg.exemplars
+        extra += combine_activations(out, run.work, pas.all_channels, len(paths), run.info.world_size,
+                                      ex.activations_dtype)
+        problem = activation_range_problem(out / "activations.npy")
         if problem:
-            notes.append(problem)
-            say(f"WARNING: {problem}", file=sys.stderr)
-    images = _concat_keeping_ints([natural, fv_rows] if fv_rows is not None else [natural])
-    seeds = {"run": cfg.run.seed, "units": cfg.run.seed if cfg.units.seed is None else cfg.units.seed,
-             "weights": model.weights.get("seed"),
+            run.warn(problem)
+    return extra, val, ps_params
+
+
+def _manifest(run: _Run, pas: _PassResult, groups: dict, units: pd.DataFrame, bottom_ties: dict | None,
+              replaced: list[dict], fv_params: dict | None, ps_params: dict, extra: list[str]) -> dict:
+    """Everything that made the set (contracts/stimulus_set.py writes it with the tables' hashes)."""
+    cfg, model = run.cfg, run.model
+    ex = cfg.exemplars
+    explicit = bool(cfg.units.explicit or cfg.units.file)
+    seeds = {"run": cfg.run.seed, "units": _unit_seed(cfg), "weights": model.weights.get("seed"),
              "feature_vis": fv_params.get("seed", cfg.run.seed) if fv_params else None}
     parameters = {
         "config": cfg.to_dict(),
-        "collection": {"source": str(source), "root": str(root), "n_listed": len(paths), "n_used": n_seen - len(skipped),
-                       "n_skipped": len(skipped), "n_converted": len(converted), "paths_sha256": sha256_json(paths),
-                       "preprocess": pp.to_dict(), "decoder": decoder},
-        "exemplars": {"statistic": ex.statistic, "relu": ex.relu, "k": ex.k, "spares": ex.spares, "margin": margin,
-                      "candidates_per_side": opts.keep, "pass_precision": precision,
-                      "final_precision": "fp32 (the pass itself)" if exact_pass else "fp32 (candidates re-scored, TF32 off)", "channels_last": ex.channels_last,
-                      "dedupe_hamming": ex.dedupe_hamming,
+        "collection": {"source": str(run.source), "root": str(run.root), "n_listed": len(run.paths),
+                       "n_used": pas.n_seen - len(pas.skipped), "n_skipped": len(pas.skipped),
+                       "n_converted": len(pas.converted), "paths_sha256": sha256_json(run.paths),
+                       "preprocess": run.pp.to_dict(), "decoder": run.decoder},
+        "exemplars": {"statistic": ex.statistic, "relu": ex.relu, "k": ex.k, "spares": ex.spares,
+                      "margin": ex.k if ex.margin is None else ex.margin,
+                      "candidates_per_side": pas.opts.keep, "pass_precision": pas.precision,
+                      "final_precision": ("fp32 (the pass itself)" if _exact_pass(run, pas)
+                                          else "fp32 (candidates re-scored, TF32 off)"),
+                      "channels_last": ex.channels_last, "dedupe_hamming": ex.dedupe_hamming,
                       "tie_break": (POST_TIE_RULE if ex.relu == "post" else "equal activations: lower image index first"),
                       "bottom_ties": bottom_ties,
                       "save_activations": ex.save_activations, "activations_from": ex.activations_from},
         "sampling": {"per_group": cfg.units.per_group, "explicit": cfg.units.explicit, "file": cfg.units.file,
-                     "method": (cfg.units.method if not (cfg.units.explicit or cfg.units.file) else "explicit list"),
-                     "rule": SAMPLING_RULES.get(cfg.units.method) if not (cfg.units.explicit or cfg.units.file) else None,
+                     "method": cfg.units.method if not explicit else "explicit list",
+                     "rule": SAMPLING_RULES.get(cfg.units.method) if not explicit else None,
+                     "reserve_per_unit": cfg.units.reserve, "reserve_rule": RESERVE_RULE if cfg.units.reserve else None,
+                     "replaced": replaced,
                      "units_per_layer": {g: {str(k): int(v) for k, v in units[units.group == g].groupby(
                          "layer", sort=False).size().items()} for g in groups}},
         "feature_vis": fv_params if fv_params is not None else {"per_unit": 0, "skipped": True},
         "path_similarity": ps_params,
-        "distributed": {"world_size": info.world_size, "sharding": "strided by rank"},
-        "device": str(device),
+        "distributed": {"world_size": run.info.world_size, "sharding": "strided by rank"},
+        "device": str(run.device),
     }
-    manifest = {"set_id": out.name, "model": {"name": model.name, "weights": model.weights},
-                "random_weights": model.random_weights, "manipulation": manipulation, "layer_groups": groups, "parameters": parameters,
-                "seeds": seeds, "software": software_versions(["torch", "torchvision", "scikit-image", "pillow"]),
-                "notes": notes, "extra_files": extra}
-    write_stimulus_set(out, manifest, units, images)
-    shutil.rmtree(work, ignore_errors=True)
-    total = time.perf_counter() - t_start
-    say(f"summary: {n_seen} images read in the pass ({len(skipped)} skipped, {len(converted)} converted) in "
-        f"{pass_seconds:.1f} s = {n_seen / max(pass_seconds, 1e-9):.1f} images/s; total {total:.1f} s; "
+    return {"set_id": run.out.name, "model": {"name": model.name, "weights": model.weights},
+            "random_weights": model.random_weights, "manipulation": getattr(model, "manipulation", None),
+            "layer_groups": groups, "parameters": parameters, "seeds": seeds,
+            "software": software_versions(["torch", "torchvision", "scikit-image", "pillow"]),
+            "notes": run.notes, "extra_files": extra}
+
+
+def _summary(run: _Run, pas: _PassResult, val: pd.DataFrame | None, total: float) -> None:
+    say, out = run.say, run.out
+    say(f"summary: {pas.n_seen} images read in the pass ({len(pas.skipped)} skipped, {len(pas.converted)} converted) "
+        f"in {pas.seconds:.1f} s = {pas.n_seen / max(pas.seconds, 1e-9):.1f} images/s; total {total:.1f} s; "
         f"set written to {out}")
-    if skipped:
-        say(f"skipped files ({len(skipped)}), see {out / SKIPPED_TABLE}:")
-        for i, r in skipped[:10]:
-            say(f"  {paths[i]}: {r}")
+    if pas.skipped:
+        say(f"skipped files ({len(pas.skipped)}), see {out / SKIPPED_TABLE}:")
+        for i, r in pas.skipped[:10]:
+            say(f"  {run.paths[i]}: {r}")
     if val is not None:
         try:
             from stimuli_gen.render import summarize_validation
@@ -326,10 +456,8 @@ def _generate(cfg: GeneratorConfig, info: D.DistInfo, device: torch.device, say,
         except ImportError:
             say(val.describe(include="all").to_string())
         say(f"  per unit: {out / VALIDATION_TABLE}")
-    if notes:
-        say(f"{RANDOM_BANNER}\nNOTES: {' '.join(notes)}\n{RANDOM_BANNER}", file=sys.stderr)
-    D.barrier(info)
-    return out
+    if run.notes:
+        say(f"{RANDOM_BANNER}\nNOTES: {' '.join(run.notes)}\n{RANDOM_BANNER}", file=sys.stderr)
 
 
 TIE_WARN_FRACTION = 0.05  # warn when more than this share of the collection ties at a unit's bottom
@@ -358,63 +486,6 @@ def _bottom_ties(natural: pd.DataFrame, zero_counts, units: pd.DataFrame, n_imag
     return {"counts": counts, "n_images": n_images, "warn_fraction": TIE_WARN_FRACTION, "warning": warning}
 
 
-def natural_targets(natural: pd.DataFrame | None) -> dict[str, float]:
-    """Each unit's best natural activation (the diversity search's target)."""
-    if natural is None or not len(natural):
-        return {}
-    best = natural[natural.kind == "natural_max"].groupby("unit_id", sort=False).activation.max()
-    return {str(u): float(v) for u, v in best.items()}
-
-
-def _render_stage(cfg: GeneratorConfig, model: LoadedModel, units: pd.DataFrame, natural: pd.DataFrame | None,
-                  out: Path, work: Path, device: torch.device, info: D.DistInfo):
-    """Feature visualizations of every unit (all ranks render; rank 0 validates). Returns
-    ``(rows, parameters, validation)``, all None when ``per_unit`` is 0."""
-    if cfg.feature_vis.per_unit <= 0:
-        return None, None, None
-    from stimuli_gen.render import RenderConfig, render_feature_visualizations, validate_feature_vis
-
-    ex = cfg.exemplars
-    # the visualizations maximise and report the same unit activation (statistic, ReLU side) as the exemplars
-    overrides = {"n_vis": cfg.feature_vis.per_unit, "seed": cfg.run.seed, "relu": ex.relu,
-                 "statistic": ex.statistic, **cfg.feature_vis.overrides}
-    rcfg = RenderConfig.from_preset(cfg.feature_vis.preset, **overrides)
-    targets = D.gather_objects(natural_targets(natural) if info.is_main else None, info)[0]
-    rows = render_feature_visualizations(model, units, rcfg, out, device=device, checkpoint_dir=work / "fv",
-                                         progress=cfg.run.progress and info.is_main,
-                                         resume=None if cfg.run.resume else False, targets=targets)
-    val = validate_feature_vis(rows, natural) if info.is_main else None
-    return rows, rcfg.to_dict(), val
-
-
-def _lists_from_saved(src: Path, paths: list[str], pp: Preprocess, model: LoadedModel, ex, units: pd.DataFrame,
-                      keep: int):
-    """Candidate lists from an earlier set's ``activations.npy``, after checking that it was made
-    from the same collection, preprocessing, model, weights, statistic and ReLU side."""
-    import json
-
-    mpath = src / "manifest.json"
-    if not (src / "activations.npy").is_file() or not mpath.is_file():
-        raise ValueError(f"--activations-from {src}: no activations.npy / manifest.json there "
-                         f"(make that set with --save-activations)")
-    m = json.loads(mpath.read_text())
-    p = m["parameters"]
-    checks = {"collection files": (p["collection"]["paths_sha256"], sha256_json(paths)),
-              "preprocessing": (p["collection"]["preprocess"], pp.to_dict()),
-              "model": (m["model"]["name"], model.name),
-              "weights": (m["model"]["weights"].get("sha256") or m["model"]["weights"].get("identity"),
-                          model.weights.get("sha256") or model.weights.get("identity")),
-              "statistic": (p["exemplars"]["statistic"], ex.statistic), "relu": (p["exemplars"]["relu"], ex.relu)}
-    bad = [f"{k} ({a!r} there, {b!r} here)" for k, (a, b) in checks.items() if a != b]
-    if bad:
-        raise ValueError(f"--activations-from {src}: made differently: " + "; ".join(bad))
-    arr = np.load(src / "activations.npy", mmap_mode="r")
-    lists = lists_from_activations(arr, pd.read_csv(src / "activations_columns.csv"), units, keep)
-    sk = pd.read_csv(src / SKIPPED_TABLE, dtype={"reason": str})
-    cv = pd.read_csv(src / CONVERTED_TABLE, dtype={"conversion": str})
-    return lists, list(zip(sk["index"].astype(int), sk.reason)), list(zip(cv["index"].astype(int), cv.conversion))
-
-
 def _concat_keeping_ints(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate image rows of different kinds. Integer columns of one kind (image_index, the
     renderer's 64-bit seeds) would turn into floats next to the other kind's empty cells and lose
@@ -424,34 +495,3 @@ def _concat_keeping_ints(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _activation_range_problem(path: Path) -> str | None:
-    """float16 holds 6e-8..65504: say so when saved activations overflowed or mostly underflowed."""
-    arr = np.load(path, mmap_mode="r")
-    if arr.dtype != np.float16:
-        return None
-    n_inf = n_zero = n = 0
-    for s in range(0, arr.shape[0], 4096):
-        a = np.asarray(arr[s : s + 4096])
-        n_inf += int(np.isinf(a).sum())
-        n_zero += int((a == 0).sum())
-        n += int((~np.isnan(a)).sum())
-    if n_inf or n_zero > 0.5 * max(n, 1):
-        return (f"activations.npy: float16 cannot hold these activations ({n_inf} infinite, {n_zero} of {n} zero); "
-                f"save them again with activations_dtype = 'float32' before re-using them")
-    return None
-
-
-def _combine_activations(out: Path, work: Path, all_channels: dict[str, int], n: int, world: int,
-                         dtype: str = "float16") -> list[str]:
-    """One ``activations.npy`` (images x channels, NaN rows for skipped files) in collection
-    order, from the per-rank shards (which need a shared file system under torchrun)."""
-    arr = np.lib.format.open_memmap(out / "activations.npy", mode="w+", dtype=np.dtype(dtype),
-                                    shape=(n, sum(all_channels.values())))
-    for r in range(world):
-        part = np.load(work / f"activations_rank{r}.npy", mmap_mode="r")
-        arr[r::world] = part
-    arr.flush()
-    del arr
-    pd.DataFrame([(layer, c) for layer, nc in all_channels.items() for c in range(nc)],
-                 columns=["layer", "channel"]).rename_axis("column").to_csv(out / "activations_columns.csv")
-    return ["activations.npy", "activations_columns.csv"]

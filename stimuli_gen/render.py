@@ -90,7 +90,13 @@ class RenderConfig:
     # (stimuli_gen.diversity_search); needs the natural targets.
     diversity: str = "fixed"
     search_rounds: int = 6  # optimizations per unit at most (each one a full run of ``steps``)
-    search_start: float = 1.0  # first weight, in units of |best natural activation| / (n_vis - 1)
+    # first diverse weight, in units of |weakest no-diversity FV| / (n_vis - 1): at 1 diversity could cost all
+    # the unit reaches; measured, the largest passing weights lay at 1/8-1/4 of that (known-answer units) and
+    # below 1/16 (the demo's early units), so starting at 1 spent two optimizations failing
+    search_start: float = 0.125
+    # diverse FVs must keep this share of the margin by which the no-diversity FVs beat the best natural
+    # exemplar (0 = IMI's criterion: just beat it); see stimuli_gen.diversity_search
+    search_retain: float = 0.5
     search_factor: float = 4.0  # exponential phase: x or / this factor
     search_ratio: float = 1.5  # binary phase stops when passing and failing weights are this close
     search_floor: float = 1.0 / 64  # below this multiple of the first weight the next try is weight 0
@@ -135,6 +141,8 @@ class RenderConfig:
         if self.search_rounds < 1 or self.search_factor <= 1 or self.search_ratio <= 1 or self.search_start <= 0:
             problems.append("search_rounds >= 1, search_factor > 1, search_ratio > 1 and search_start > 0 needed "
                             f"(got {self.search_rounds}, {self.search_factor}, {self.search_ratio}, {self.search_start})")
+        if not 0.0 <= self.search_retain < 1.0:
+            problems.append(f"search_retain must be in [0, 1) (got {self.search_retain})")
         if self.plateau_window < 0 or self.plateau_tol < 0:
             problems.append(f"plateau_window and plateau_tol must be >= 0 (got {self.plateau_window}, {self.plateau_tol})")
         if self.lr <= 0:
@@ -187,10 +195,12 @@ class RenderConfig:
             parameterization="Fourier (rfft, ortho, /4), decorrelated colour (Lucid matrix), sigmoid",
             objective=f"channel spatial {self.statistic}; per unit: mean_i a_i - w * sum_{{i!=j}} cos(Gram_i, Gram_j) / n_vis",
             diversity_rule=("w = diversity_weight for every unit (fixed, as published)" if self.diversity == "fixed" else
-                            "w searched per unit: the largest w (exponential then binary search over at most "
-                            "search_rounds optimizations, from search_start * |best natural| / (n_vis - 1)) for "
-                            "which the weakest saved FV still beats the unit's best natural exemplar; weight 0 is "
-                            "the last resort; a unit that fails even then is reported (search_status 'failed')"),
+                            "w searched per unit (Zimmermann et al. 2023): first w = 0; a unit whose weakest FV "
+                            "then does not beat its best natural exemplar t is reported (search_status 'failed'); "
+                            "otherwise, with a0 the weakest FV at w = 0, the largest w (exponential then binary "
+                            "search from search_start * |a0| / (n_vis - 1), at most search_rounds optimizations "
+                            "in all) for which the weakest saved FV exceeds t + search_retain * (a0 - t); "
+                            "w = 0 when no diverse weight does"),
             early_stopping=("off" if not self.plateau_window else
                             f"a unit freezes when its objective rose < {self.plateau_tol:g} (relative) between two "
                             f"windows of {self.plateau_window} steps"),
@@ -434,7 +444,7 @@ def search_batch(opt_net, net, plan: BatchPlan, seeds: Sequence[int], cfg: Rende
     from stimuli_gen import diversity_search as S
 
     n = plan.n_vis
-    states = [S.UnitSearch(float(t), S.first_weight(float(t), n, cfg.search_start)) for t in targets]
+    states = [S.UnitSearch(float(t), retain=cfg.search_retain, start=cfg.search_start, n_vis=n) for t in targets]
     kept: dict[int, tuple[float, BatchResult, int, float]] = {}  # unit -> (weakest, result, position, weight)
     for _ in range(cfg.search_rounds):
         todo = [(u, S.next_weight(st, cfg.search_factor, cfg.search_ratio, cfg.search_floor))

@@ -106,3 +106,44 @@ def read_unit_file(path: str | Path, layer_groups: dict[str, list[str]]) -> pd.D
     else:
         specs = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     return parse_unit_list(specs, layer_groups)
+
+
+RESERVE_RULE = ("per layer, reserve units drawn uniformly without replacement from the layer's channels not "
+                "already sampled, by a generator seeded with (seed, 'reserve', layer position in the model); a "
+                "unit whose feature visualizations fail is replaced by the next reserve unit of its layer")
+
+
+def reserve_units(units: pd.DataFrame, channels: dict[str, int], per_unit: int, seed: int) -> pd.DataFrame:
+    """Stand-ins for units whose feature visualizations cannot beat their natural exemplars
+    (``RESERVE_RULE``): ``per_unit`` reserve units for each sampled unit, from the same layer and
+    group, so a replacement keeps the set's stratification by layer. Rows are in the order they are
+    to be used within each layer. Pure and seeded: the same units, channels and seed give the same
+    reserves, whatever else the set contains."""
+    if per_unit < 0:
+        raise ValueError(f"reserve units per unit must be >= 0 (got {per_unit})")
+    rows = []
+    taken = set(zip(units.layer, units.channel.astype(int)))
+    layer_pos = {layer: i for i, layer in enumerate(channels)}
+    for (group, layer), n in units.groupby(["group", "layer"], sort=False).size().items():
+        free = [c for c in range(channels[layer]) if (layer, c) not in taken]
+        rng = np.random.default_rng([seed, 0x7E5E, layer_pos[layer]])
+        picked = rng.permutation(len(free))[:n * per_unit]
+        for i in picked:
+            c = free[int(i)]
+            taken.add((layer, c))
+            rows.append({"unit_id": make_unit_id(layer, c), "group": group, "layer": layer, "channel": int(c)})
+    return pd.DataFrame(rows, columns=["unit_id", "group", "layer", "channel"])
+
+
+def next_reserves(failed: pd.DataFrame, reserves: pd.DataFrame, used: set[str]) -> list[tuple[str, dict]]:
+    """For each failed unit (rows with ``unit_id, group, layer``), the first reserve of its layer and
+    group not in ``used``: ``[(failed unit_id, reserve row), ...]``; a unit without one is left out.
+    ``used`` is updated."""
+    picks = []
+    for f in failed.itertuples():
+        same = reserves[(reserves.layer == f.layer) & (reserves.group == f.group) & ~reserves.unit_id.isin(list(used))]
+        if len(same):
+            r = same.iloc[0].to_dict()
+            used.add(r["unit_id"])
+            picks.append((f.unit_id, r))
+    return picks

@@ -13,6 +13,7 @@ from PIL import Image
 from contracts.stimulus_set import image_relpath, load_stimulus_set
 from stimuli_gen import cli, exemplars
 from stimuli_gen.collection import Preprocess, load_crop
+from stimuli_gen.saved_activations import activation_range_problem
 
 torch.set_num_threads(1)
 SMALL = ["--resize", "72", "--crop", "64", "--weights", "random", "--no-progress", "--workers", "0", "--batch-size", "16"]
@@ -119,10 +120,10 @@ def test_existing_output_needs_overwrite(made_set, collection, capsys, no_pass):
     assert load_stimulus_set(made_set).verify_files() == []
 
 
-def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeypatch):
-    """With a stand-in renderer (the real one is stimuli_gen.render): its rows join the images table,
-    its config goes into the manifest, validation.csv is written and hashed."""
-    calls = {}
+def fake_renderer(monkeypatch, margin=lambda unit_id: 1.0) -> dict:
+    """A stand-in renderer (the real one is stimuli_gen.render) writing small PNGs; ``margin(unit_id)``
+    is each FV's activation minus the unit's best natural one. Returns what it was called with."""
+    calls = {"rendered": []}
 
     class RenderConfig:
         def __init__(self, **kw):
@@ -138,13 +139,15 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
 
     def render(model, units_df, cfg, set_root, device, checkpoint_dir, progress, resume, targets):
         calls["targets"] = targets
+        calls["rendered"].append(list(units_df.unit_id))
         rows = []
         for u in units_df.unit_id:
             for r in range(cfg.kw["n_vis"]):
                 rel = image_relpath(u, "feature_vis", r)
                 (set_root / rel).parent.mkdir(parents=True, exist_ok=True)
                 Image.new("RGB", (64, 64), (r, 0, 0)).save(set_root / rel)
-                rows.append({"unit_id": u, "kind": "feature_vis", "rank": r, "activation": 1.0, "file": rel, "seed": 2**62 + r})
+                rows.append({"unit_id": u, "kind": "feature_vis", "rank": r, "activation": 1.0, "file": rel,
+                             "seed": 2**62 + r, "margin": margin(u), "search_status": "passed" if margin(u) > 0 else "failed"})
         return pd.DataFrame(rows)
 
     def validate(fv_rows, natural_rows):
@@ -154,6 +157,13 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
     fake = types.ModuleType("stimuli_gen.render")
     fake.RenderConfig, fake.render_feature_visualizations, fake.validate_feature_vis = RenderConfig, render, validate
     monkeypatch.setitem(sys.modules, "stimuli_gen.render", fake)
+    return calls
+
+
+def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeypatch):
+    """With a stand-in renderer: its rows join the images table, its config goes into the manifest,
+    validation.csv is written and hashed."""
+    calls = fake_renderer(monkeypatch)
     out = tmp_path / "fv-set"
     assert cli.main(["--out", str(out), "--collection", str(collection), "--units", "inception4a:3,inception5b:7",
                      "--k", "2", "--spares", "0", "--fv-per-unit", "2", "--fv-steps", "8", "--fv-size", "64", *SMALL]) == 0
@@ -168,6 +178,37 @@ def test_feature_vis_step_is_wired_to_the_renderer(collection, tmp_path, monkeyp
     fv = s.images[s.images.kind == "feature_vis"]
     assert fv.seed.tolist() == [str(2**62), str(2**62 + 1)] * 2  # 64-bit seeds survive next to natural rows
     assert s.images[s.images.kind == "natural_max"].image_index.str.isdigit().all()
+
+
+def test_units_whose_visualizations_lose_are_replaced_by_reserves_of_their_layer(collection, tmp_path, monkeypatch):
+    # inception4a's first unit and its first reserve lose to natural images; the second reserve wins
+    losers = {"inception4a_c0003"}
+    calls = fake_renderer(monkeypatch, margin=lambda u: -0.5 if u in losers or len(calls["rendered"]) == 2 else 1.0)
+    out = tmp_path / "replaced-set"
+    assert cli.main(["--out", str(out), "--collection", str(collection), "--units", "inception4a:3,inception5b:7",
+                     "--reserve-units", "2", "--k", "2", "--spares", "0", "--fv-per-unit", "2", "--fv-steps", "8",
+                     *SMALL]) == 0
+    s = load_stimulus_set(out)
+    assert s.verify_files() == []
+    first, second, third = calls["rendered"]
+    assert first == ["inception4a_c0003", "inception5b_c0007"] and len(second) == len(third) == 1
+    assert second[0].startswith("inception4a_") and third[0].startswith("inception4a_") and second != third
+    assert s.units.unit_id.tolist() == [third[0], "inception5b_c0007"]  # same position, same layer
+    assert set(s.images.unit_id) == set(s.units.unit_id)  # no exemplars or FVs of the losers or unused reserves
+    assert not (out / "images" / "inception4a_c0003").exists()
+    replaced = s.manifest["parameters"]["sampling"]["replaced"]
+    assert [(r["unit_id"], r["replaced_by"]) for r in replaced] == [("inception4a_c0003", second[0]),
+                                                                    (second[0], third[0])]
+    assert any("replaced by a reserve unit" in n for n in s.manifest["notes"])
+
+
+def test_without_reserves_losing_units_are_kept_and_reported(collection, tmp_path, monkeypatch):
+    calls = fake_renderer(monkeypatch, margin=lambda u: -0.5)
+    out = tmp_path / "kept-set"
+    assert cli.main(["--out", str(out), "--collection", str(collection), "--units", "inception4a:3",
+                     "--k", "2", "--spares", "0", "--fv-per-unit", "1", *SMALL]) == 0
+    assert calls["rendered"] == [["inception4a_c0003"]]
+    assert load_stimulus_set(out).manifest["parameters"]["sampling"]["replaced"] == []
 
 
 @pytest.mark.slow
@@ -204,7 +245,7 @@ def test_resume_after_a_crash_reuses_the_pass_and_saves_activations(collection, 
     # an untrained network without recalibration underflowed float16 (~1e-8): say so, refuse to re-use
     saved = np.load(tmp_path / "f16" / "activations.npy")
     np.save(tmp_path / "f16" / "activations.npy", np.where(np.isnan(saved), saved, 0).astype(np.float16))
-    assert "float16 cannot hold these activations" in P._activation_range_problem(tmp_path / "f16" / "activations.npy")
+    assert "float16 cannot hold these activations" in activation_range_problem(tmp_path / "f16" / "activations.npy")
     capsys.readouterr()
     assert cli.main([*args[:1], str(tmp_path / "x"), *args[2:-len(SMALL)], *SMALL, "--activations-from", str(tmp_path / "f16")]) == 1
     assert "are constant or infinite" in capsys.readouterr().err

@@ -101,3 +101,35 @@ def test_stratified_sampling_gives_each_layer_of_a_group_its_share():
     assert old.groupby("group").size().to_dict() == {"early": 10, "middle": 10, "late": 10}
     with pytest.raises(ValueError, match="sampling method"):
         sample_units(GROUPS, CH, 10, seed=0, method="proportional")
+
+
+def test_reserve_units_come_from_each_units_layer_and_are_new_and_seeded():
+    from stimuli_gen.units import reserve_units
+
+    channels = {"a": 8, "b": 6, "c": 50}
+    units = sample_units({"early": ["a", "b"], "late": ["c"]}, channels, 3, seed=1)
+    res = reserve_units(units, channels, 2, seed=1)
+    per_layer = units.groupby("layer").size() * 2
+    assert res.groupby("layer").size().to_dict() == per_layer.to_dict()
+    assert not set(res.unit_id) & set(units.unit_id) and res.unit_id.is_unique
+    assert (res.set_index("unit_id").group == res.layer.map({"a": "early", "b": "early", "c": "late"}).values).all()
+    assert res.equals(reserve_units(units, channels, 2, seed=1))
+    assert not res.equals(reserve_units(units, channels, 2, seed=2))
+    assert reserve_units(units, channels, 0, seed=1).empty
+    # a layer with fewer free channels than asked gives what it has
+    small = reserve_units(units, channels, 10, seed=1)
+    assert (small.layer == "b").sum() == 6 - (units.layer == "b").sum()
+
+
+def test_next_reserves_take_the_first_unused_reserve_of_the_same_layer():
+    import pandas as pd
+
+    from stimuli_gen.units import next_reserves
+
+    reserves = pd.DataFrame({"unit_id": ["a_1", "a_2", "b_1"], "group": "g", "layer": ["a", "a", "b"],
+                             "channel": [1, 2, 1]})
+    failed = pd.DataFrame({"unit_id": ["a_0", "a_5", "a_6", "c_0"], "group": "g", "layer": ["a", "a", "a", "c"]})
+    used: set = set()
+    picks = next_reserves(failed, reserves, used)
+    assert [(f, r["unit_id"]) for f, r in picks] == [("a_0", "a_1"), ("a_5", "a_2")]
+    assert used == {"a_1", "a_2"} and next_reserves(failed.iloc[:1], reserves, used) == []

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline on built-in data, as a user would run it, in three commands.
-# Demo settings (stated in every output): 3 units per layer group, 10 exemplars, 5 feature
-# visualizations per unit at 128 px with 32 optimization steps (a real set: 512 steps at 224 px on a GPU).
+# Demo settings (stimuli_gen/configs/demo.toml, recorded in the manifest): 3 units per layer group, 10
+# exemplars, 5 feature visualizations per unit at 224 px with 48 optimization steps (a real set: 512 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -11,8 +11,7 @@ RESULTS=data/results/demo
 start=$(date +%s)
 
 echo "== 1/3 stimuli: $STIMULI"
-"$BIN/fvmatch-stimuli" --out "$STIMULI" --collection builtin --weights auto \
-  --units-per-group 3 --k 10 --fv-per-unit 5 --fv-steps 32 --fv-size 128 --seed 0 --overwrite
+"$BIN/fvmatch-stimuli" --config stimuli_gen/configs/demo.toml --out "$STIMULI" --overwrite
 
 echo "== 2/3 sessions: simulated participants in the real PsychoPy window -> $SESSIONS"
 rm -rf "$SESSIONS"  # demo sessions only: a real experiment's folder is never deleted by fvmatch
