@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline on built-in data, as a user would run it, in three commands.
 # Demo settings (stimuli_gen/configs/demo.toml, recorded in the manifest): 3 units per layer group, 10
-# exemplars, 5 feature visualizations per unit at 224 px with 48 optimization steps (a real set: 512 steps).
+# exemplars, 5 feature visualizations per unit at 224 px with 64 optimization steps (a real set: 512 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
