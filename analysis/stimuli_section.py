@@ -37,6 +37,7 @@ def stimulus_blocks(infos: list[dict], out: Path) -> tuple[list[Block], list[Pat
             blocks.append(Block("p", f"Stimulus set {st['set_id']}: not found at {st.get('path')!r} from here; "
                                      "no path-similarity results shown."))
             continue
+        blocks += set_record_blocks(root, st["set_id"])
         if not table.is_file():
             blocks.append(Block("p", f"Stimulus set {st['set_id']}: no path-similarity check in the set (made before "
                                      f"it existed, or without feature visualizations); `fvmatch-stimuli "
@@ -73,6 +74,38 @@ def stimulus_blocks(infos: list[dict], out: Path) -> tuple[list[Block], list[Pat
         if len(flagged):
             blocks.append(Block("list", [f"{r.unit_id}: {r.path_similarity_note}" for r in flagged.itertuples()]))
     return blocks, written
+
+
+def set_record_blocks(root: Path, set_id: str) -> list[Block]:
+    """What the generator recorded about a set that a reader of the results must know: how many units'
+    feature visualizations all beat their best natural exemplar (``validation.csv``), units replaced by
+    reserves, and the set's other notes (``manifest.json``; the random-weights warning is an alert of
+    its own)."""
+    import json
+
+    items = []
+    val_path = root / "validation.csv"
+    if val_path.is_file():
+        val = pd.read_csv(val_path)
+        if "all_fv_exceed_natural" in val and len(val):
+            ok = val.all_fv_exceed_natural.astype(str).str.lower() == "true"
+            items.append(f"every feature visualization beats the unit's most activating natural image for "
+                         f"{int(ok.sum())} of {len(val)} units" + ("" if ok.all() else
+                         f" (not: {', '.join(val.unit_id[~ok].astype(str))})"))
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    replaced = ((manifest.get("parameters") or {}).get("sampling") or {}).get("replaced") or []
+    if replaced:
+        items.append(f"{len(replaced)} unit(s) replaced by a reserve unit of the same layer because their feature "
+                     "visualizations lost to a natural image: "
+                     + ", ".join(f"{r['unit_id']} by {r['replaced_by']}" for r in replaced))
+    items += [n for n in manifest.get("notes") or []
+              if not n.startswith("RANDOM WEIGHTS:") and "replaced by a reserve unit" not in n]
+    if not items:
+        return []
+    return [Block("p", f"Stimulus set {set_id}, as recorded when it was made:"), Block("list", items)]
 
 
 def insert_before(blocks: list[Block], heading: str, new: list[Block]) -> list[Block]:

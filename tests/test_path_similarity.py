@@ -262,6 +262,24 @@ def test_report_stimulus_section_shows_the_check(small_set, tmp_path):
     assert merged[1].content == HEADING and merged[-1].content == "Exclusions"
 
 
+def test_report_says_how_many_units_pass_and_which_were_replaced(tmp_path):
+    from analysis.report import to_markdown
+    from analysis.stimuli_section import stimulus_blocks
+
+    root = tmp_path / "set-a"
+    root.mkdir()
+    pd.DataFrame({"unit_id": ["u1", "u2", "u3"], "all_fv_exceed_natural": [True, True, False]}).to_csv(
+        root / "validation.csv", index=False)
+    (root / "manifest.json").write_text(json.dumps({
+        "notes": ["RANDOM WEIGHTS: the network is untrained.", "ties at the bottom of u2",
+                  "1 unit(s) replaced by a reserve unit of the same layer ..."],
+        "parameters": {"sampling": {"replaced": [{"unit_id": "u0", "replaced_by": "u3"}]}}}))
+    blocks, _ = stimulus_blocks([{"stimulus_set": {"set_id": "set-a", "path": str(root)}}], tmp_path / "report")
+    text = to_markdown(blocks)
+    assert "for 2 of 3 units (not: u3)" in text and "u0 by u3" in text and "ties at the bottom of u2" in text
+    assert "RANDOM WEIGHTS: the network" not in text and text.count("replaced by a reserve") == 1
+
+
 # ---- class units (the paper's version) ----------------------------------------------------------
 
 def test_class_labels_from_folders_and_from_a_labels_file(builtin_collection, tmp_path):
