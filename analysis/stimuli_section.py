@@ -37,7 +37,9 @@ def stimulus_blocks(infos: list[dict], out: Path) -> tuple[list[Block], list[Pat
             blocks.append(Block("p", f"Stimulus set {st['set_id']}: not found at {st.get('path')!r} from here; "
                                      "no path-similarity results shown."))
             continue
-        blocks += set_record_blocks(root, st["set_id"])
+        val_path = root / "validation.csv"
+        val = pd.read_csv(val_path) if val_path.is_file() else pd.DataFrame()
+        blocks += set_record_blocks(root, st["set_id"], val)
         if not table.is_file():
             blocks.append(Block("p", f"Stimulus set {st['set_id']}: no path-similarity check in the set (made before "
                                      f"it existed, or without feature visualizations); `fvmatch-stimuli "
@@ -58,8 +60,6 @@ def stimulus_blocks(infos: list[dict], out: Path) -> tuple[list[Block], list[Pat
                                 "mean over units per layer group with 95% interval; dotted: the units' own layers."))
         own = t[t.layer == t.unit_layer]
         rows = own.groupby("group", sort=False).normalised.agg(["count", "median", "min", "max"]).reset_index()
-        val_path = root / "validation.csv"
-        val = pd.read_csv(val_path) if val_path.is_file() else pd.DataFrame()
         if "path_similarity_flag" in val:
             flags = val.assign(group=val.unit_id.map(dict(zip(t.unit_id, t.group))))
             n_flag = flags.groupby("group").path_similarity_flag.sum()
@@ -76,22 +76,19 @@ def stimulus_blocks(infos: list[dict], out: Path) -> tuple[list[Block], list[Pat
     return blocks, written
 
 
-def set_record_blocks(root: Path, set_id: str) -> list[Block]:
+def set_record_blocks(root: Path, set_id: str, val: pd.DataFrame) -> list[Block]:
     """What the generator recorded about a set that a reader of the results must know: how many units'
     feature visualizations all beat their best natural exemplar (``validation.csv``), units replaced by
     reserves, and the set's other notes (``manifest.json``; the random-weights warning is an alert of
-    its own)."""
+    its own). ``val``: the set's validation table (empty when it has none)."""
     import json
 
     items = []
-    val_path = root / "validation.csv"
-    if val_path.is_file():
-        val = pd.read_csv(val_path)
-        if "all_fv_exceed_natural" in val and len(val):
-            ok = val.all_fv_exceed_natural.astype(str).str.lower() == "true"
-            items.append(f"every feature visualization beats the unit's most activating natural image for "
-                         f"{int(ok.sum())} of {len(val)} units" + ("" if ok.all() else
-                         f" (not: {', '.join(val.unit_id[~ok].astype(str))})"))
+    if "all_fv_exceed_natural" in val and len(val):
+        ok = val.all_fv_exceed_natural.astype(str).str.lower() == "true"
+        items.append(f"every feature visualization beats the unit's most activating natural image for "
+                     f"{int(ok.sum())} of {len(val)} units" + ("" if ok.all() else
+                     f" (not: {', '.join(val.unit_id[~ok].astype(str))})"))
     try:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError):

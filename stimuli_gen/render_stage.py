@@ -59,7 +59,7 @@ def render_stage(cfg: GeneratorConfig, model: LoadedModel, units: pd.DataFrame, 
         say(f"replacing {len(picks)} unit(s) whose feature visualizations lost to a natural exemplar "
             f"(reserve round {round_})")
         new_rows = render(pd.DataFrame([r for _, r in picks], columns=units.columns), round_)
-        by = dict((f, r) for f, r in picks)
+        by = dict(picks)
         for f, r in picks:
             lost = rows[rows.unit_id == f]
             replaced.append({"unit_id": f, "replaced_by": r["unit_id"], "round": round_,
