@@ -46,7 +46,7 @@ from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 
 from analysis.accuracy import rows_long
 from analysis.laplace import fit_laplace, log_sd_covariance
-from analysis.satterthwaite import contrast_ddf, cov_jacobian, sd_covariance
+from analysis.satterthwaite import Reference, contrast_reference, cov_jacobian, partly_known_p_value, sd_covariance
 
 try:  # optional (present with PsychoPy's dependencies); without it BLAS keeps its default threads
     from threadpoolctl import threadpool_limits
@@ -236,17 +236,18 @@ def wald(L: np.ndarray, b: np.ndarray, V: np.ndarray) -> tuple[float, int, float
 
 def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarray, V: np.ndarray,
                         scale: str, method: str, n_units: int = 0,
-                        ddf_fn: Callable[[np.ndarray], float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        reference_fn: Callable[[np.ndarray], Reference] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tests of each factor (averaged over the others) and of type x layer; contrasts of type per layer and
     model-based means per type x layer (random effects at zero).
 
-    Every test is F = chi2 / df on (df, ddf) when ``ddf_fn`` (L -> Satterthwaite denominator df, see
-    analysis.satterthwaite) is given; without it, chi-square. The layer main effect is a between-unit contrast
-    (every unit belongs to one layer group): its information comes from ``n_units`` units, so its ddf is also
-    capped at the containment df n_units - layer groups (with ``n_units`` given; without ``ddf_fn`` it is that
-    df). The Wald chi-square, which treats the unit SD as known, rejected a true null in 8.5-12.5% of 200
-    simulated studies with 10 units per group, F on the containment df still in 10% on the independent generator
-    (analysis/README.md)."""
+    With ``reference_fn`` (L -> :class:`analysis.satterthwaite.Reference`) every test reports F = chi2 / df on
+    (df, ddf), ddf Satterthwaite's, and its p-value treats only the part of the contrast's variance that grows with
+    the SDs as estimated (``sd_share``, with ``sd_df`` df; analysis.satterthwaite.partly_known_p_value); without
+    it, chi-square. The layer main effect is a between-unit contrast (every unit belongs to one layer group): its
+    information comes from ``n_units`` units, so ddf and sd_df are capped at the containment df n_units - layer
+    groups (with ``n_units`` given; without ``reference_fn`` the test is F on that df). Levels under a true null,
+    200 simulated studies with 10 units per group (analysis/README.md): the chi-square 8.5-12.5%, F on the
+    containment df 6-10%, F on Satterthwaite df 1.5-3%."""
     grid = _grid(frame, rhs)
     Xg = np.asarray(patsy.build_design_matrices([design_info], grid)[0])
     tests, cons = [], []
@@ -256,17 +257,29 @@ def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarra
     def add_test(name, L, what, between_units=False):
         chi2, df, p = wald(L, b, V) if L is not None else (np.nan, 0, np.nan)
         rec = {"test": name, "chi2": chi2, "df": df, "p_value": p, "method": method if df else what,
-               "F": np.nan, "ddf": np.nan}
+               "F": np.nan, "ddf": np.nan, "sd_share": np.nan, "sd_df": np.nan}
         if not df:
             tests.append(rec)
             return
-        ddf = ddf_fn(L) if ddf_fn is not None else np.inf
-        how = "Satterthwaite" if ddf_fn is not None else ""
-        if between_units and ddf_layer > 0 and not ddf <= ddf_layer:
-            ddf, how = float(ddf_layer), (how + ", capped at " if how else "") + "units - layer groups (between-unit contrast)"
-        if np.isfinite(ddf) and ddf > 0:
-            rec.update(F=chi2 / df, ddf=ddf, p_value=float(stats.f.sf(chi2 / df, df, ddf)),
-                       method=f"{method}; F = chi2/df on ({df}, {ddf:.1f}) df: {how}")
+        cap = between_units and ddf_layer > 0
+        if reference_fn is not None:
+            ref = reference_fn(L)
+            if cap:
+                # no estimated SD moves a between-unit contrast (the unit SD at the boundary): F on the containment
+                # df, conservatively, as before the refinement
+                ref = ref.capped(ddf_layer) if np.isfinite(ref.sd_df) else Reference(float(ddf_layer), 1.0, float(ddf_layer))
+            if not np.isfinite(ref.ddf):
+                tests.append(rec)  # V does not depend on an estimated SD: the chi-square
+                return
+            how = "Satterthwaite" + (", capped at units - layer groups (between-unit contrast)" if cap else "")
+            rec.update(F=chi2 / df, ddf=ref.ddf, sd_share=ref.sd_share, sd_df=ref.sd_df,
+                       p_value=partly_known_p_value(chi2, df, ref),
+                       method=f"{method}; F = chi2/df on ({df}, {ref.ddf:.1f}) df: {how}; p-value with the "
+                              f"Bernoulli part of the variance known, the SD part ({ref.sd_share:.0%}) on "
+                              f"{ref.sd_df:.1f} df")
+        elif cap:
+            rec.update(F=chi2 / df, ddf=float(ddf_layer), p_value=float(stats.f.sf(chi2 / df, df, ddf_layer)),
+                       method=f"{method}; F = chi2/df on ({df}, {ddf_layer}) df: units - layer groups (between-unit contrast)")
         tests.append(rec)
 
     for f, label in (("layer", "layer group (main effect)"), ("type", "trial type (main effect)"), ("n", "n images (main effect)")):
@@ -383,15 +396,15 @@ def _covariance(model, params: np.ndarray, clusters: np.ndarray | None) -> tuple
     return V, V_model
 
 
-def _satterthwaite_ddf(model, lf, clusters: np.ndarray | None, Vb: np.ndarray) -> Callable[[np.ndarray], float]:
-    """L -> Satterthwaite ddf of the Wald F test of L b = 0: the fixed-effect covariance (the reported one,
+def _test_reference(model, lf, clusters: np.ndarray | None, Vb: np.ndarray) -> Callable[[np.ndarray], Reference]:
+    """L -> reference distribution of the Wald test of L b = 0 (Satterthwaite): the fixed-effect covariance (the reported one,
     sandwich included) as a function of the SDs, and the SDs' covariance from the curvature of the restricted
     Laplace likelihood (analysis.satterthwaite)."""
     prob, kf = lf.problem, model.k_fep
     A, comps = sd_covariance(prob.log_objective_sd, lf.sd)
     dV = cov_jacobian(lambda sd: _covariance(model, prob.params_at_sd(sd), clusters)[0][:kf, :kf], lf.sd, comps)
     prob.params_at_sd(lf.sd)  # leave the warm start at the estimate
-    return lambda L: contrast_ddf(L, Vb, dV, A)
+    return lambda L: contrast_reference(L, Vb, dV, A, np.asarray(lf.sd)[comps])
 
 
 def _one_blas_thread(fn):
@@ -501,11 +514,11 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
                              "that component, harmless for the fixed effects")
         elif lo == 0:
             fit.notes.append(f"the {comp} SD ({sd:.3f}) is not distinguishable from 0 (its 95% interval reaches 0)")
-    ddf_fn = (_satterthwaite_ddf(model, lf, clusters, Vb) if opts.estimator == "laplace" and lf.sd is not None
+    reference_fn = (_test_reference(model, lf, clusters, Vb) if opts.estimator == "laplace" and lf.sd is not None
               and lf.problem is not None else None)
     fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, Vb, "logit",
                                                    "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""),
-                                                   n_units=n_units if "unit" in blocks else 0, ddf_fn=ddf_fn)
+                                                   n_units=n_units if "unit" in blocks else 0, reference_fn=reference_fn)
     fit.seconds = time.perf_counter() - t0
     fit.status = _status(fit)
     return fit

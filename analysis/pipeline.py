@@ -221,21 +221,24 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
         for f in fits:
             if f.tests.empty:
                 rows.append({"model": f.name, "test": "(model not estimable)", "chi2": np.nan, "df": 0,
-                             "F": np.nan, "ddf": np.nan, "p_value": np.nan, "status": f.status})
+                             "F": np.nan, "ddf": np.nan, "sd_share": np.nan, "sd_df": np.nan, "p_value": np.nan,
+                             "status": f.status})
                 continue
             for t in f.tests.itertuples():
                 rows.append({"model": f.name, "test": t.test, "chi2": t.chi2, "df": t.df,
-                             "F": getattr(t, "F", np.nan), "ddf": getattr(t, "ddf", np.nan), "p_value": t.p_value,
+                             "F": getattr(t, "F", np.nan), "ddf": getattr(t, "ddf", np.nan),
+                             "sd_share": getattr(t, "sd_share", np.nan), "sd_df": getattr(t, "sd_df", np.nan), "p_value": t.p_value,
                              "status": f.status})
         B.append(Block("table", pd.DataFrame(rows),
                        "Joint Wald tests of contrasts of model-based means with equal weights over the other factors "
-                       "(emmeans-style); p-values from F = chi2/df on (df, ddf) with Satterthwaite denominator degrees "
-                       "of freedom (ddf; they account for the estimated random-effect SDs). The layer main effect is "
-                       "a between-unit contrast: its ddf are few (capped at units - layer groups), because the "
-                       "chi-square alone, which treats the unit SD as known, was anticonservative with about 10 units "
-                       "per layer group. glmm_trial (primary): whole-trial correctness; glmm_row: per-row correctness "
-                       "with trial-clustered sandwich SEs. Levels under the null, checked on two generators: "
-                       "analysis/README.md."))
+                       "(emmeans-style). F = chi2/df with Satterthwaite denominator degrees of freedom (ddf); the "
+                       "p-value accounts for the estimated random-effect SDs: the part of a contrast's variance that "
+                       "grows with them (sd_share) is treated as estimated on sd_df degrees of freedom, the Bernoulli "
+                       "part as known. The layer main effect is a between-unit contrast (about 80% unit variance, few "
+                       "df, capped at units - layer groups): the chi-square, which treats the unit SD as known, was "
+                       "anticonservative with about 10 units per layer group. glmm_trial (primary): whole-trial "
+                       "correctness; glmm_row: per-row correctness with trial-clustered sandwich SEs. Levels under "
+                       "the null, checked on two generators: analysis/README.md."))
         shaky = [f"{f.name} ({f.status})" for f in fits if f.status != "ok"]
         if shaky:
             B.append(Block("p", "Caution: " + ", ".join(shaky) + " — see the warnings; tests of a model whose status "

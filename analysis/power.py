@@ -67,7 +67,7 @@ def run_study(spec: SimulationSpec, seeds: Iterable[int], models: Iterable[str] 
             fit = FITTERS[name](main, opts)
             tag = {"seed": seed, "model": name, "status": fit.status}
             if len(fit.tests):
-                tests.append(fit.tests.reindex(columns=["test", "chi2", "df", "F", "ddf", "p_value"]).assign(**tag))
+                tests.append(fit.tests.reindex(columns=["test", "chi2", "df", "F", "ddf", "sd_share", "sd_df", "p_value"]).assign(**tag))
             if len(fit.fixed):
                 fixed.append(fit.fixed[["term", "estimate", "se", "ci_low", "ci_high"]].assign(**tag))
             if len(fit.random):

@@ -16,15 +16,31 @@ GLIMMIX's DDFM=SATTERTHWAITE, on our Laplace-approximate restricted likelihood:
 * for a 1-df contrast l: nu = 2 (l' V l)^2 / (g' A g), g = d(l' V(sd) l)/d sd (central differences);
 * for a q-df test L: the eigen-contrasts of L V L' each get nu_m; E = sum nu_m / (nu_m - 2) and
   ddf = 2 E / (E - q) (ddf = 2 when any nu_m <= 2), and F = chi2 / q on (q, ddf).
+
+The p-values fvmatch reports use one refinement (:func:`partly_known_p_value`). F on Satterthwaite df treats the
+whole of l'Vl as a scaled chi-square, as if it could fall to 0; but in a binomial GLMM it is a part fixed by the
+Bernoulli variance (no residual variance is estimated) plus a part that grows with the SDs' squares, and only the
+latter is estimated. Measured (analysis/README.md): with about 10 units per layer group the layer test's variance
+is 80% unit variance; F on Satterthwaite df rejected a true null in 1.5% (the model's own generator) to 3% (an
+independent generator) of 200 simulated studies, the chi-square in 8.5-12.5%. The refinement gives the SD part
+alone Satterthwaite's moment-matched distribution: l'V^l = (1 - f) l'Vl + f l'Vl s, s ~ chi2_nu_u / nu_u, with
+f = sum_k sd_k/2 dV/dsd_k / l'Vl (exact when V is linear in the squared SDs, as for a between-unit contrast)
+and nu_u = 2 (f l'Vl)^2 / (g'Ag); the p-value integrates the chi-square tail over s. It is F(q, nu) when f = 1
+and the chi-square when f = 0.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from scipy import stats
 
 BOUNDARY_SD = 0.05  # an SD below this is held fixed (its likelihood is flat or one-sided there)
+QUANTILE_NODES = 20000
+_MIDPOINTS = (np.arange(QUANTILE_NODES) + 0.5) / QUANTILE_NODES
 
 
 def sd_covariance(log_objective: Callable[[np.ndarray], float], sd: np.ndarray,
@@ -99,3 +115,57 @@ def contrast_ddf(L: np.ndarray, V: np.ndarray, dV: list[np.ndarray], A: np.ndarr
         return np.inf
     e = float(np.sum(np.where(np.isinf(nus), 1.0, nus / (nus - 2))))
     return 2 * e / (e - q) if e > q else np.inf
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a Wald test's reference distribution needs: Satterthwaite's ddf of the whole variance, the share
+    ``sd_share`` of the contrast's variance that scales with the SDs' squares, and that part's df ``sd_df``."""
+
+    ddf: float
+    sd_share: float
+    sd_df: float
+
+    def capped(self, df: float) -> "Reference":
+        """The containment cap (a between-unit contrast's variance part has at most units - groups df)."""
+        return Reference(min(self.ddf, df), self.sd_share, min(self.sd_df, df))
+
+
+def contrast_reference(L: np.ndarray, V: np.ndarray, dV: list[np.ndarray], A: np.ndarray, sd: np.ndarray,
+                       tol: float = 1e-10) -> Reference:
+    """:class:`Reference` of the test of ``L b = 0``; ``sd`` are the SDs of ``dV``/``A`` (the interior ones). For
+    q > 1 the eigen-contrasts' shares and df are averaged: they share one estimate of the SDs."""
+    ddf = contrast_ddf(L, V, dV, A, tol)
+    L = np.atleast_2d(L)
+    LVL = L @ V @ L.T
+    lam, P = np.linalg.eigh((LVL + LVL.T) / 2)
+    keep = lam > tol * max(1.0, lam.max(initial=0.0))
+    if not keep.any() or A.size == 0:
+        return Reference(ddf, 0.0, np.inf)
+    shares, dfs = [], []
+    for m in np.flatnonzero(keep):
+        l = P[:, m] @ L
+        g = np.array([l @ d @ l for d in dV])
+        v_sd = float(np.clip(np.asarray(sd) / 2 @ g, 0.0, lam[m]))  # the part proportional to the squared SDs
+        var_of_var = float(g @ A @ g)
+        shares.append(v_sd / lam[m])
+        dfs.append(np.inf if var_of_var <= 0 or v_sd == 0 else 2 * v_sd ** 2 / var_of_var)
+    return Reference(ddf, float(np.mean(shares)), float(np.mean(dfs)))
+
+
+def partly_known_p_value(chi2: float, q: int, ref: Reference) -> float:
+    """P(chi2_q > chi2 * (1 - f + f s)), s ~ chi2_nu / nu, f = ``ref.sd_share``, nu = ``ref.sd_df``: the Wald
+    statistic's tail when only the SD part of its variance is estimated (module docstring)."""
+    f, nu = float(np.clip(ref.sd_share, 0.0, 1.0)), ref.sd_df
+    if not np.isfinite(chi2):
+        return np.nan
+    if f == 0 or not np.isfinite(nu):
+        return float(stats.chi2.sf(chi2, q))
+    # the expectation over s as a mean over its quantiles (midpoint rule on [0, 1]): the integrand is bounded and
+    # monotone for any nu (the density of s is not, for nu < 2), so the error is below 1 / QUANTILE_NODES
+    return float(np.mean(stats.chi2.sf(chi2 * (1 - f + f * _quantiles(float(nu))), q)))
+
+
+@functools.lru_cache(maxsize=64)
+def _quantiles(nu: float) -> np.ndarray:
+    return stats.gamma.ppf(_MIDPOINTS, nu / 2, scale=2 / nu)

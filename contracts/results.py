@@ -21,8 +21,9 @@ import pandas as pd
 from contracts.common import ContractError, check_schema, read_json, read_table, require_fields, write_json_atomic
 
 SCHEMA = "fvmatch.results"
-SCHEMA_VERSION = "1.2"  # 1.1: exclusions.session_problems; model_tests.csv F and ddf; session_modes;
-# 1.2: exclusions.rules (file, sha256, thresholds), exclusions.not_evaluated, exclusions.csv
+SCHEMA_VERSION = "1.3"  # 1.1: exclusions.session_problems; model_tests.csv F and ddf; session_modes;
+# 1.2: exclusions.rules (file, sha256, thresholds), exclusions.not_evaluated, exclusions.csv;
+# 1.3: model_tests.csv sd_share and sd_df (the p-value's reference: analysis.satterthwaite.partly_known_p_value)
 RESULTS_FILE = "results.json"
 LEVELS = ("row", "trial")  # per matched row (chance 1/3) and whole trial (chance 1/6)
 CHANCE = {"row": 1 / 3, "trial": 1 / 6}

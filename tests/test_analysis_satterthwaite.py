@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from analysis.glmm import ModelOptions, fit_trial_glmm
-from analysis.satterthwaite import contrast_ddf, cov_jacobian, sd_covariance
+from scipy import stats
+
+from analysis.satterthwaite import Reference, contrast_ddf, contrast_reference, cov_jacobian, partly_known_p_value, sd_covariance
 from analysis.simulate import SimulationSpec, simulate_trials
 
 
@@ -65,3 +67,49 @@ def test_sd_covariance_agrees_with_the_likelihood_ratio_interval():
     lo, hi = rnd.loc["participant", ["sd_ci_low", "sd_ci_high"]]
     se = np.sqrt(seen["A"][list(seen["comps"]).index(0), list(seen["comps"]).index(0)])
     assert 0.8 < (hi - lo) / (2 * 1.96 * se) < 1.25, ((hi - lo) / 2, se)
+
+
+def test_reference_splits_the_variance_into_a_known_and_an_estimated_part():
+    """V = B + sd^2 M (B: the Bernoulli part, no SD in it): the SD part's share of l'Vl and its df (nu, as for a
+    variance estimated with nu df); Satterthwaite's ddf of the whole is smaller by the share squared."""
+    sd, nu = 0.6, 9.0
+    B, M = np.diag([0.02, 0.03]), np.array([[0.05, 0.01], [0.01, 0.08]])
+    A = np.array([[sd**2 / (2 * nu)]])
+    l = np.array([[1.0, 0.0]])
+    ref = contrast_reference(l, B + sd**2 * M, [2 * sd * M], A, np.array([sd]))
+    share = sd**2 * 0.05 / (0.02 + sd**2 * 0.05)
+    assert ref.sd_share == pytest.approx(share) and ref.sd_df == pytest.approx(nu)
+    assert ref.ddf == pytest.approx(nu / share**2)
+    capped = ref.capped(5.0)
+    assert capped.sd_df == 5.0 and capped.ddf == 5.0 and capped.sd_share == ref.sd_share
+    none = contrast_reference(l, B, [np.zeros((2, 2))], A, np.array([sd]))  # V independent of the SD
+    assert none.sd_share == 0 and none.sd_df == np.inf
+
+
+@pytest.mark.parametrize("q", [1, 2])
+def test_partly_known_p_value_is_f_when_all_estimated_and_chi2_when_none(q):
+    for chi2 in (0.3, 4.0, 15.0):
+        for nu in (0.7, 4.0, 30.0):
+            assert partly_known_p_value(chi2, q, Reference(nu, 1.0, nu)) == pytest.approx(stats.f.sf(chi2 / q, q, nu), rel=1e-3, abs=1e-6)
+        assert partly_known_p_value(chi2, q, Reference(5.0, 0.0, 5.0)) == pytest.approx(stats.chi2.sf(chi2, q))
+    # in between for a share in between, and monotone in it
+    ps = [partly_known_p_value(8.0, q, Reference(6.0, f, 6.0)) for f in (0.0, 0.3, 0.7, 1.0)]
+    assert ps == sorted(ps) and ps[0] < ps[-1]
+
+
+@pytest.mark.parametrize("share, nu", [(0.8, 4.0), (0.5, 12.0)])
+def test_partly_known_p_value_is_uniform_under_its_model(share, nu):
+    """Wald statistics made exactly as the reference assumes (contrast ~ N(0, 1), its variance estimated as
+    1 - f + f s, s ~ chi2_nu / nu): p-values uniform, so a 5% test rejects 5%. F on Satterthwaite's df of the whole
+    variance (nu / f^2) rejects fewer: the over-correction the partly known reference removes."""
+    rng = np.random.default_rng(3)
+    n, q = 2000, 2
+    z2 = rng.chisquare(q, n)
+    s = rng.chisquare(nu, n) / nu
+    chi2 = z2 / (1 - share + share * s)
+    ref = Reference(nu / share**2, share, nu)
+    p = np.array([partly_known_p_value(c, q, ref) for c in chi2])
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+    assert abs(np.mean(p < 0.05) - 0.05) < 0.012
+    p_f = stats.f.sf(chi2 / q, q, ref.ddf)
+    assert np.mean(p_f < 0.05) < np.mean(p < 0.05)
