@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fe-prior-sd", type=float, default=10.0,
                    help="prior SD of fixed effects, logit scale (default 10: negligible unless a cell is all right or "
                         "all wrong)")
+    p.add_argument("--models", nargs="+", choices=("glmm_trial", "glmm_row"), default=["glmm_trial"], metavar="MODEL",
+                   help="models to fit: glmm_trial (default; the primary whole-trial GLMM) and/or glmm_row (per-row "
+                        "correctness; its tests are not calibrated, see analysis/README.md)")
     p.add_argument("--no-models", action="store_true", help="accuracy tables and figures only")
     p.add_argument("--no-figures", action="store_true", help="tables and report without figures (faster)")
     p.add_argument("--allow-mixed-sets", action="store_true", help="analyse sessions of different stimulus sets together")
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = AnalysisOptions(min_catch_accuracy=args.min_catch_accuracy, exclusions=args.exclusions, incomplete=args.incomplete, n_boot=args.n_boot,
                            seed=args.seed, n_as=args.n_as, fe_prior_sd=args.fe_prior_sd,
                            allow_mixed_sets=args.allow_mixed_sets, allow_mixed_designs=args.allow_mixed_designs,
-                           fit_models=not args.no_models, figures=not args.no_figures)
+                           fit_models=not args.no_models, models=tuple(args.models), figures=not args.no_figures)
     try:
         res = run_analysis(inputs, args.out, opts)
     except (ContractError, InputError, ValueError) as e:

@@ -14,7 +14,7 @@ import pandas as pd
 from analysis.accuracy import CONDITION, condition_accuracy, marginal_participant_accuracy, participant_accuracy
 from analysis.exclusion_rules import load_rules
 from analysis.exclusions import apply_exclusions
-from analysis.glmm import ModelFit, ModelOptions, fit_all, fixed_effects_table
+from analysis.glmm import DEFAULT_MODELS, UNCALIBRATED, ModelFit, ModelOptions, fit_all, fixed_effects_table
 from analysis.load import load_sessions
 from analysis.report import Block, write_report
 from analysis.stimuli_section import insert_before, stimulus_blocks
@@ -37,6 +37,7 @@ class AnalysisOptions:
     allow_mixed_sets: bool = False
     allow_mixed_designs: bool = False
     fit_models: bool = True
+    models: tuple[str, ...] = DEFAULT_MODELS  # see analysis.glmm.DEFAULT_MODELS (glmm_row only on request)
     figures: bool = True
 
 
@@ -86,7 +87,7 @@ def run_analysis(inputs: Iterable[os.PathLike | str], out: os.PathLike | str,
     mopts = ModelOptions(n_as=opts.n_as, fe_prior_sd=opts.fe_prior_sd, vcp_prior_sd=opts.vcp_prior_sd, seed=opts.seed)
     fits: list[ModelFit] = []
     if opts.fit_models and len(trials):
-        fits = fit_all(trials, mopts)
+        fits = fit_all(trials, mopts, tuple(opts.models))
     elif not len(trials):
         warns.append("no trials left to analyse after exclusions: no models fitted")
     for f in fits:
@@ -237,8 +238,11 @@ def build_report(loaded, excl, cond, cond_tl, fits, figs, opts, warns, prov) -> 
                        "part as known. The layer main effect is a between-unit contrast (about 80% unit variance, few "
                        "df, capped at units - layer groups): the chi-square, which treats the unit SD as known, was "
                        "anticonservative with about 10 units per layer group. glmm_trial (primary): whole-trial "
-                       "correctness; glmm_row: per-row correctness with trial-clustered sandwich SEs. Levels under "
-                       "the null, checked on two generators: analysis/README.md."))
+                       "correctness (glmm_row, per-row correctness, only with --models). Levels under the null, "
+                       "checked on two generators: analysis/README.md."))
+        for f in fits:
+            if f.name in UNCALIBRATED:
+                B.append(Block("p", f"Caution: {f.name} was fitted on request; {UNCALIBRATED[f.name]}."))
         shaky = [f"{f.name} ({f.status})" for f in fits if f.status != "ok"]
         if shaky:
             B.append(Block("p", "Caution: " + ", ".join(shaky) + " — see the warnings; tests of a model whose status "

@@ -30,12 +30,30 @@ def test_results_follow_the_contract(demo_results):
     assert set(cond.level) == {"row", "trial"} and len(cond) == 36
     assert dict(cond.groupby("level").chance.first().round(4)) == {"row": 0.3333, "trial": 0.1667}
     assert set(part.participant) == {"S01", "S02", "S03"}  # S04 answered at random, also on catch trials
-    assert set(fx.model) == {"glmm_trial", "glmm_row"}  # mixedlm_cells: uncalibrated tests, not reported
+    # mixedlm_cells and glmm_row: uncalibrated tests, not reported (glmm_row on request: below)
+    assert set(fx.model) == {"glmm_trial"}
+    assert set(pd.read_csv(out / "model_tests.csv").model) == {"glmm_trial"}
     assert {"status", "scale", "se_method"} <= set(fx.columns)
     for rel in info["outputs"]:
         assert (out / rel).is_file()
     for stem in ("accuracy_summary", "accuracy", "rt", "model_means"):
         assert f"figures/{stem}.png" in info["outputs"] and f"figures/{stem}.svg" in info["outputs"]
+
+
+def test_per_row_model_only_on_request_and_flagged_as_uncalibrated(demo_results, tmp_path):
+    """glmm_row's tests do not hold their level (issue 13; analysis/README.md): the report fits it only with
+    --models, says so next to its tests, and records the choice."""
+    base, out = demo_results
+    assert "| glmm_row |" not in (out / "report.md").read_text() and "Caution: glmm_row" not in (out / "report.md").read_text()
+    both = tmp_path / "both"
+    assert main([str(base / "sessions" / "demo"), "--out", str(both), "--n-boot", "50", "--no-figures",
+                 "--models", "glmm_trial", "glmm_row"]) == 0
+    tests = pd.read_csv(both / "model_tests.csv")
+    assert set(tests.model) == {"glmm_trial", "glmm_row"}
+    assert "Caution: glmm_row was fitted on request; its tests are not calibrated" in (both / "report.md").read_text()
+    assert json.loads((both / "results.json").read_text())["options"]["models"] == ["glmm_trial", "glmm_row"]
+    with pytest.raises(SystemExit):
+        main([str(base / "sessions" / "demo"), "--out", str(tmp_path / "x"), "--models", "mixedlm_cells"])
 
 
 def test_provenance_and_exclusions_recorded(demo_results):
