@@ -122,3 +122,30 @@ def test_train_classifier_bad_input(extra, message, builtin_collection, tmp_path
                      "--no-progress"]) == 1
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fooling_circuit_with_a_trained_classifier(builtin_collection, tmp_path):
+    """train-classifier renders Lucid's own visualizations; the fooling model records Lucid as its base, loads as
+    Lucid's network with the circuit, and is the original bit for bit wherever the classifier says natural."""
+    from stimuli_gen.manipulate.fooling import FoolingInceptionV1
+
+    clf = tmp_path / "clf.pt"
+    assert cli.main(["train-classifier", "--model", "lucid_inceptionv1", "--out", str(clf), "--collection",
+                     str(builtin_collection), "--weights", "random", "--size", "32", "--min-steps", "2", "--max-steps", "4",
+                     "--step-counts", "2", "--vis-per-count", "4", "--epochs", "2", "--min-images", "20",
+                     "--no-progress"]) == 0
+    cdesc = json.loads(clf.with_suffix(".json").read_text())
+    assert cdesc["base_model"] == "lucid_inceptionv1" and cdesc["visualizations"]["layers"] == ["mixed3a", "mixed3b", "mixed4a"]
+    model = tmp_path / "fooled"
+    assert cli.main(["fooling", "--out", str(model), "--units", "mixed3a:5", "--classifier", str(clf), "--collection",
+                     str(builtin_collection), "--weights", "random", "--target-size", "32", "--fv-per-unit", "1",
+                     "--fv-steps", "4", "--fv-size", "32", *LUCID]) == 0
+    desc = json.loads((model / store.DESCRIPTION).read_text())
+    assert desc["kind"] == "fooling_circuit" and desc["base_model"] == "lucid_inceptionv1"
+    held = json.loads((model / "verification.json").read_text())["held_out"]
+    assert held["n_images"] > 0 and (held["n_tripped"] == 0) == held["bitwise_equal"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = store.load_manipulated(model, "lucid_inceptionv1")
+    assert isinstance(loaded.net, FoolingInceptionV1) and loaded.net.units == {"mixed3a": [5]}
+    assert loaded.manipulation["statement"].startswith("MANIPULATED NETWORK (fooling_circuit on lucid_inceptionv1)")
