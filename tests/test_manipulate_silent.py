@@ -63,6 +63,8 @@ def test_placement_and_direction(base, silent):
     assert torch.equal(again.silent_modules()[first].silent.weight, w0)  # seeded
     assert not torch.equal(other.silent_modules()[first].silent.weight, w0)
     assert isinstance(net, type(base.net)) and net.silent_modules().keys() == {f"{s.layer}.{s.branch}" for s in specs}
+    if base.name == "torchvision_googlenet":  # every key of the original: folders written before Lucid load as they did
+        assert set(base.net.state_dict()) < set(net.state_dict())
 
 
 def test_bias_images_give_the_original_network_exactly(base, silent, images):

@@ -111,8 +111,9 @@ class _FoolingCircuit:
         return self.classifier(x01.detach().float()) > 0
 
     def template_unit(self, x01: torch.Tensor) -> torch.Tensor:
-        """``t``: the input correlated with the (zero-mean) target picture, one value per image (in the
-        network's own input scaling, so it is as large as the network's first layers make it)."""
+        """``t``: the input correlated with the (zero-mean) target picture, one value per image. It sees the
+        network's own input scaling (torchvision ``2x - 1``, Lucid ``255x - 117``), so on Lucid it is ~128x
+        larger; a scale changes neither what maximizes it nor the natural outputs."""
         k = self.template
         if k.shape[-2:] != x01.shape[-2:]:
             k = F.interpolate(k[None], size=x01.shape[-2:], mode="bilinear", align_corners=False, antialias=True)[0]

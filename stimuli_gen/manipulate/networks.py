@@ -27,13 +27,9 @@ class Sites:
     """The branch convs of one network: their names (in concat order) and where each one is."""
 
     model: str
-    branches: tuple[str, ...]
-    _slot: Callable[[FeatureNet, str, str], tuple[nn.Module, str]]
+    branches: tuple[str, ...]  # in the order of the block's concat
+    slot: Callable[[FeatureNet, str, str], tuple[nn.Module, str]]  # (net, layer, branch) -> (parent, attribute)
     conv_bn: Callable[[nn.Module], tuple[nn.Conv2d, nn.Module | None]]  # an original branch module -> (conv, bn)
-
-    def slot(self, net: FeatureNet, layer: str, branch: str) -> tuple[nn.Module, str]:
-        """``(parent module, attribute)`` of the last conv (+bn) of one branch of block ``layer``."""
-        return self._slot(net, layer, branch)
 
     def get(self, net: FeatureNet, layer: str, branch: str) -> nn.Module:
         parent, attr = self.slot(net, layer, branch)
