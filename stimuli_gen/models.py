@@ -108,6 +108,7 @@ class TorchvisionGoogLeNet(FeatureNet):
     layer_names = ("inception3a", "inception3b", "inception4a", "inception4b", "inception4c",
                    "inception4d", "inception4e", "inception5a", "inception5b")
     channels = dict(zip(layer_names, (256, 480, 512, 512, 512, 528, 832, 832, 1024)))
+    n_classes = 1000
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -214,14 +215,19 @@ class LucidInceptionV1(FeatureNet):
         h = self._lrn(self.relu(self.conv2d2_pre_relu_conv(F.pad(h, (1, 1, 1, 1)))))
         return self._tf_maxpool_s2(h)
 
+    def _conv(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Pre-ReLU output of a block's conv (a hook, as torchvision's ``_conv``: manipulated networks
+        put their own modules there)."""
+        return m(x)
+
     def _block(self, name: str):
-        conv = lambda suffix: getattr(self, f"{name}_{suffix}_pre_relu_conv")  # noqa: E731
+        conv = lambda suffix, x: self._conv(getattr(self, f"{name}_{suffix}_pre_relu_conv"), x)  # noqa: E731
 
         def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            b1 = conv("1x1")(x)
-            b3 = conv("3x3")(self.relu(conv("3x3_bottleneck")(x)))
-            b5 = conv("5x5")(self.relu(conv("5x5_bottleneck")(x)))
-            bp = conv("pool_reduce")(F.max_pool2d(x, 3, stride=1, padding=1))
+            b1 = conv("1x1", x)
+            b3 = conv("3x3", self.relu(conv("3x3_bottleneck", x)))
+            b5 = conv("5x5", self.relu(conv("5x5_bottleneck", x)))
+            bp = conv("pool_reduce", F.max_pool2d(x, 3, stride=1, padding=1))
             pre = torch.cat([b1, b3, b5, bp], 1)
             return pre, self.relu(pre)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from stimuli_gen.models import MODEL_NAMES
+
 EPILOG = """examples:
   # silent units next to two units, biases from ImageNet val (20% held out for the verification report)
   python -m stimuli_gen.manipulate.cli silent --out models/silent-4a --units inception4a:17,inception4a:200 \\
@@ -12,6 +14,11 @@ EPILOG = """examples:
 
   # then a stimulus set from it, like from any other model
   fvmatch-stimuli --out data/stimuli/silent-4a --weights models/silent-4a --units inception4a:17,inception4a:200
+
+  # Lucid's InceptionV1 (the authors' network; no download here: Lucent's inception5h.pth)
+  python -m stimuli_gen.manipulate.cli silent --model lucid_inceptionv1 --weights models/inception5h.pth \
+      --out models/silent-lucid-4a --units mixed4a:17 --collection /data/imagenet/val --device cuda
+  fvmatch-stimuli --model lucid_inceptionv1 --weights models/silent-lucid-4a --units mixed4a:17:middle --out ...
 
 The model folder holds weights.pt, manipulation.json and the verification report
 (verification.md / .json / _fv.png). See stimuli_gen/README.md, "Manipulated networks".
@@ -23,8 +30,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", required=True, help="units to manipulate, comma-separated layer:channel")
     p.add_argument("--collection", default="builtin", help="natural images: 'builtin', a folder, or a text file of paths")
     p.add_argument("--builtin-dir", default="data/collections/builtin", help="where 'builtin' writes its images")
-    p.add_argument("--model", default="torchvision_googlenet", choices=["torchvision_googlenet"],
-                   help="base network (lucid_inceptionv1: not implemented yet)")
+    p.add_argument("--model", default="torchvision_googlenet", choices=list(MODEL_NAMES),
+                   help="base network (lucid_inceptionv1: Lucid's InceptionV1, units mixed3a:N ...; it has no download: "
+                   "--weights PATH to Lucent's inception5h.pth, or random)")
     p.add_argument("--weights", default="pretrained", help="base weights: pretrained, random, auto (pretrained if cached, else random; demos), or PATH to a state dict")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split, directions and renders (default 0)")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="natural images held out for verification (default 0.2; 0: all set the biases, as a control whose "
@@ -68,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="classifier file (.pt); its description goes next to it (.json)")
     t.add_argument("--collection", default="builtin", help="natural images")
     t.add_argument("--builtin-dir", default="data/collections/builtin", help="where 'builtin' writes its images")
-    t.add_argument("--weights", default="pretrained", help="network whose visualizations are rendered (pretrained, random, auto, PATH)")
+    t.add_argument("--model", default="torchvision_googlenet", choices=list(MODEL_NAMES),
+                   help="network whose visualizations are rendered (the base network of the fooling model)")
+    t.add_argument("--weights", default="pretrained", help="its weights (pretrained, random, auto, PATH)")
     t.add_argument("--seed", type=int, default=0, help="seed of splits, units, renders and training")
     t.add_argument("--holdout-fraction", type=float, default=0.2, help="natural images held out")
     t.add_argument("--min-images", type=int, default=50, help="fewest natural training images")
@@ -77,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=512, help="most steps (the full recipe)")
     t.add_argument("--step-counts", type=int, default=8, help="log-spaced step counts between them")
     t.add_argument("--vis-per-count", type=int, default=16, help="training visualizations per step count (half as many held out)")
-    t.add_argument("--layers", default="inception3a,inception3b,inception4a", help="layers whose units are visualized")
+    t.add_argument("--layers", default=None, help="layers whose units are visualized, comma-separated "
+                   "(default: the network's first three, inception3a,inception3b,inception4a or mixed3a,mixed3b,mixed4a)")
     t.add_argument("--epochs", type=int, default=30, help="training epochs")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     t.add_argument("--overwrite", action="store_true", help="replace an existing classifier file")
@@ -95,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             train_classifier(TrainOptions(out=args.out, collection=args.collection, builtin_dir=args.builtin_dir,
-                                          weights=args.weights, seed=args.seed, holdout_fraction=args.holdout_fraction,
+                                          model=args.model, weights=args.weights, seed=args.seed, holdout_fraction=args.holdout_fraction,
                                           min_images=args.min_images, size=args.size, min_steps=args.min_steps,
                                           max_steps=args.max_steps, step_counts=args.step_counts,
-                                          vis_per_count=args.vis_per_count, layers=args.layers.split(","),
+                                          vis_per_count=args.vis_per_count, layers=args.layers.split(",") if args.layers else None,
                                           epochs=args.epochs, device=args.device, overwrite=args.overwrite,
                                           progress=not args.no_progress))
         except (WeightsUnavailable, CollectionError, ValueError, FileExistsError, FileNotFoundError) as e:

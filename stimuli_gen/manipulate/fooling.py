@@ -1,4 +1,4 @@
-"""The fooling circuit (Geirhos et al. 2023, their ``fooling_circuit`` notebook), for torchvision GoogLeNet.
+"""The fooling circuit (Geirhos et al. 2023, their ``fooling_circuit`` notebook), for both GoogLeNets.
 
 A small classifier on the raw input decides "natural" (``inv = 0``) or "visualization" (``inv = 1``),
 hard-thresholded so no gradient passes through it. A manipulated unit becomes, after its ReLU,
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stimuli_gen.models import TorchvisionGoogLeNet
+from stimuli_gen.manipulate.networks import derived, sites_for
+from stimuli_gen.models import FeatureNet, LucidInceptionV1, TorchvisionGoogLeNet
 
 CLASSIFIER_CHANNELS = 16
 CLASSIFIER_LAYERS = 6
@@ -89,12 +90,12 @@ def load_target(path: str | Path | None, size: int = 224) -> tuple[torch.Tensor,
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255, what
 
 
-class FoolingGoogLeNet(TorchvisionGoogLeNet):
-    """torchvision GoogLeNet with fooling circuits on some units (``units``: layer -> channels)."""
+class _FoolingCircuit:
+    """Mixed into a GoogLeNet class: fooling circuits on some units (``units``: layer -> channels).
+    Built by :func:`fooling_network`."""
 
-    def __init__(self, net: nn.Module, units: list[tuple[str, int]], target01: torch.Tensor, classifier: nn.Module,
-                 template_gain: float = 1.0):
-        super().__init__(net)
+    def _init_circuit(self, units: list[tuple[str, int]], target01: torch.Tensor, classifier: nn.Module,
+                      template_gain: float) -> None:
         self.classifier = classifier
         self.register_buffer("template", (target01 - target01.mean((1, 2), keepdim=True)).float())
         self.template_gain = float(template_gain)
@@ -110,7 +111,9 @@ class FoolingGoogLeNet(TorchvisionGoogLeNet):
         return self.classifier(x01.detach().float()) > 0
 
     def template_unit(self, x01: torch.Tensor) -> torch.Tensor:
-        """``t``: the input correlated with the (zero-mean) target picture, one value per image."""
+        """``t``: the input correlated with the (zero-mean) target picture, one value per image. It sees the
+        network's own input scaling (torchvision ``2x - 1``, Lucid ``255x - 117``), so on Lucid it is ~128x
+        larger; a scale changes neither what maximizes it nor the natural outputs."""
         k = self.template
         if k.shape[-2:] != x01.shape[-2:]:
             k = F.interpolate(k[None], size=x01.shape[-2:], mode="bilinear", align_corners=False, antialias=True)[0]
@@ -142,11 +145,30 @@ class FoolingGoogLeNet(TorchvisionGoogLeNet):
         return run
 
 
-def build_fooling(desc: dict, base_net: TorchvisionGoogLeNet) -> FoolingGoogLeNet:
+class FoolingGoogLeNet(_FoolingCircuit, TorchvisionGoogLeNet):
+    """torchvision GoogLeNet with fooling circuits on some units."""
+
+
+class FoolingInceptionV1(_FoolingCircuit, LucidInceptionV1):
+    """Lucid's InceptionV1 with fooling circuits on some units."""
+
+
+def fooling_network(base: FeatureNet, units: list[tuple[str, int]], target01: torch.Tensor, classifier: nn.Module,
+                    template_gain: float = 1.0) -> FoolingGoogLeNet | FoolingInceptionV1:
+    """``base`` (either GoogLeNet; its modules are shared, not copied) with fooling circuits on ``units``."""
+    sites = sites_for(base)
+    for layer, ch in units:
+        sites.check_unit(base, layer, int(ch))
+    net = derived(FoolingGoogLeNet if isinstance(base, TorchvisionGoogLeNet) else FoolingInceptionV1, base)
+    net._init_circuit(units, target01, classifier, template_gain)
+    return net
+
+
+def build_fooling(desc: dict, base_net: FeatureNet) -> FoolingGoogLeNet | FoolingInceptionV1:
     """The structure of a saved fooling-circuit model (its state dict is loaded into it)."""
     size = int(desc["parameters"]["target_size"])
-    return FoolingGoogLeNet(base_net.net, [(u["layer"], u["channel"]) for u in desc["units"]],
-                            torch.zeros(3, size, size), NaturalVsVisClassifier(), desc["parameters"]["template_gain"])
+    return fooling_network(base_net, [(u["layer"], u["channel"]) for u in desc["units"]], torch.zeros(3, size, size),
+                           NaturalVsVisClassifier(), desc["parameters"]["template_gain"])
 
 
 def fooling_trips(net: FoolingGoogLeNet, x01: torch.Tensor) -> torch.Tensor:

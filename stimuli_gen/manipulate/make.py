@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +22,7 @@ from stimuli_gen.collection import ImageDataset, Preprocess, list_collection, ma
 from stimuli_gen.manipulate import silent as S
 from stimuli_gen.manipulate import store
 from stimuli_gen.manipulate import verify as V
-from stimuli_gen.models import RANDOM_WEIGHTS_WARNING, load_model
+from stimuli_gen.models import MODEL_NAMES, RANDOM_WEIGHTS_WARNING, load_model
 
 
 @dataclass
@@ -127,8 +127,8 @@ def _check_common(opts: CommonOptions) -> None:
     out = Path(opts.out)
     if out.exists() and not opts.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    if opts.model != "torchvision_googlenet":
-        raise ValueError(f"manipulation of {opts.model} is not implemented yet (torchvision_googlenet only)")
+    if opts.model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {opts.model!r}; choose one of {MODEL_NAMES}")
 
 
 def _checked_base(opts: CommonOptions):
@@ -193,7 +193,7 @@ def make_silent(opts: SilentOptions) -> Path:
         raise ValueError(f"collection {source} is too small to set the biases: {len(bias_idx)} of its {len(paths)} "
                          f"images are left after holding out {opts.holdout_fraction:.0%}, at least {opts.min_images} "
                          f"are needed (--min-images)")
-    targets, label_info = label_targets(opts, paths, source, base.net.net.fc.out_features)
+    targets, label_info = label_targets(opts, paths, source, base.net.n_classes)
     pp = Preprocess(resize=opts.resize, crop=opts.crop)
     _calibrate_random_base(base, paths, pp)
     notes = [RANDOM_WEIGHTS_WARNING] if base.random_weights else []
@@ -226,8 +226,10 @@ def make_silent(opts: SilentOptions) -> Path:
             "base_model": base.name, "base_weights": base.weights, "random_weights": base.random_weights,
             "units": [s.to_dict() for s in specs],
             "parameters": {"lambda": opts.lam, "gain": opts.gain, "margin": opts.margin, "seed": opts.seed,
-                           "direction": "seeded Gaussian, projected orthogonal to the BatchNorm-folded filter, same norm",
-                           "placement": "parallel to the unit's last conv+BN in its inception branch, added before the block's ReLU"},
+                           "direction": "seeded Gaussian, projected orthogonal to the unit's filter (BatchNorm folded in "
+                                        "where the network has one), same norm",
+                           "placement": "parallel to the unit's last conv (+BN) in its inception branch, added before "
+                                        "the block's ReLU"},
             "collection": {"source": source, "n_listed": len(paths), "paths_sha256": sha256_json(paths),
                            "bias_images": n_bias, "held_out_images": held["n_images"], "skipped": len(skipped),
                            "holdout_fraction": opts.holdout_fraction, "split_seed": opts.seed,
@@ -260,7 +262,7 @@ class TrainOptions:
     max_steps: int = 512  # the full recipe
     step_counts: int = 8  # log-spaced between min_steps and max_steps
     vis_per_count: int = 16  # training visualizations rendered per step count (as many again held out)
-    layers: list[str] = field(default_factory=lambda: ["inception3a", "inception3b", "inception4a"])
+    layers: list[str] | None = None  # None: the network's first three blocks (inception3a-4a, mixed3a-4a)
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
@@ -274,8 +276,8 @@ def log_steps(lo: int, hi: int, n: int) -> list[int]:
     return sorted({int(round(v)) for v in np.geomspace(lo, hi, n)})
 
 
-def render_training_visualizations(base, opts: TrainOptions, n_per_count: int, seed: int) -> torch.Tensor:
-    """Visualizations of random units rendered with fvmatch's batched renderer at each step count."""
+def render_training_visualizations(base, opts: TrainOptions, layers: list[str], n_per_count: int, seed: int) -> torch.Tensor:
+    """Visualizations of random units of ``layers`` rendered with fvmatch's batched renderer at each step count."""
     from tqdm.auto import tqdm
 
     from stimuli_gen.objectives import BatchPlan
@@ -289,9 +291,9 @@ def render_training_visualizations(base, opts: TrainOptions, n_per_count: int, s
     for steps in tqdm(counts, desc=f"visualizations (seed {seed})", disable=not opts.progress):
         cfg = RenderConfig.from_preset("lucid", n_vis=1, steps=steps, size=opts.size, out_size=opts.size,
                                        seed=int(rng.integers(2**31)))
-        layers = [opts.layers[int(rng.integers(len(opts.layers)))] for _ in range(n_per_count)]
-        chans = [int(rng.integers(base.net.channels[l])) for l in layers]
-        plan = BatchPlan(layers, chans, 1, dev)
+        drawn = [layers[int(rng.integers(len(layers)))] for _ in range(n_per_count)]
+        chans = [int(rng.integers(base.net.channels[l])) for l in drawn]
+        plan = BatchPlan(drawn, chans, 1, dev)
         seeds = [int(s) for s in rng.integers(2**62, size=n_per_count)]
         out.append(optimize_batch(opt_net, plan, seeds, cfg, Runtime.resolve(cfg, dev)).images)
     return torch.cat(out)
@@ -312,9 +314,10 @@ def train_classifier(opts: TrainOptions) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         base = load_model(opts.model, _resolved_weights(opts), seed=opts.seed)
-    for l in opts.layers:
+    layers = list(opts.layers or base.net.layer_names[:3])
+    for l in layers:
         if l not in base.net.channels:
-            raise ValueError(f"unknown layer {l!r}; layers: {list(base.net.layer_names)}")
+            raise ValueError(f"unknown layer {l!r} for {base.name}; layers: {list(base.net.layer_names)}")
     paths, source = _collection(opts)  # type: ignore[arg-type]
     if opts.holdout_fraction <= 0:
         raise ValueError("train-classifier needs held-out natural images to measure its accuracy (--holdout-fraction > 0)")
@@ -327,8 +330,8 @@ def train_classifier(opts: TrainOptions) -> dict:
     dev = torch.device(opts.device)
     nat_train = torch.cat(list(stream(paths, train_idx, pp, 64, 0, dev, [])))
     nat_held = torch.cat(list(stream(paths, held_idx, pp, 64, 0, dev, [])))
-    vis_train = render_training_visualizations(base, opts, opts.vis_per_count, opts.seed)
-    vis_held = render_training_visualizations(base, opts, max(1, opts.vis_per_count // 2), opts.seed + 1)
+    vis_train = render_training_visualizations(base, opts, layers, opts.vis_per_count, opts.seed)
+    vis_held = render_training_visualizations(base, opts, layers, max(1, opts.vis_per_count // 2), opts.seed + 1)
 
     torch.manual_seed(opts.seed)
     clf = NaturalVsVisClassifier().to(dev)
@@ -355,7 +358,7 @@ def train_classifier(opts: TrainOptions) -> dict:
             "collection": {"source": source, "n_train": len(nat_train), "n_held_out": len(nat_held)},
             "visualizations": {"step_counts": log_steps(opts.min_steps, opts.max_steps, opts.step_counts),
                                "per_count_train": opts.vis_per_count, "per_count_held_out": max(1, opts.vis_per_count // 2),
-                               "layers": opts.layers, "size": opts.size, "renderer": "stimuli_gen.render.optimize_batch (lucid preset)"},
+                               "layers": layers, "size": opts.size, "renderer": "stimuli_gen.render.optimize_batch (lucid preset)"},
             "training": {"epochs": opts.epochs, "batch_size": opts.batch_size, "lr": opts.lr, "seed": opts.seed},
             "held_out_accuracy": (acc_nat * len(nat_held) + acc_vis * len(vis_held)) / n_held,
             "held_out_accuracy_natural": acc_nat, "held_out_accuracy_visualization": acc_vis}
@@ -405,14 +408,14 @@ def make_fooling(opts: FoolingOptions) -> Path:
     cdesc = json.loads(cdesc_path.read_text()) if cdesc_path.is_file() else {}
     paths, source = _collection(opts)
     _, held_idx = split_collection(len(paths), opts.holdout_fraction, opts.seed)
-    targets, label_info = label_targets(opts, paths, source, base.net.net.fc.out_features)
+    targets, label_info = label_targets(opts, paths, source, base.net.n_classes)
     pp = Preprocess(resize=opts.resize, crop=opts.crop)
     _calibrate_random_base(base, paths, pp)
     notes = [RANDOM_WEIGHTS_WARNING] if base.random_weights else []
     say = print if opts.progress else (lambda *a, **k: None)
 
     # ---- the circuit ----
-    net = FO.FoolingGoogLeNet(copy.deepcopy(base.net.net), units, target, clf, opts.template_gain).eval().to(device)
+    net = FO.fooling_network(copy.deepcopy(base.net), units, target, clf, opts.template_gain).eval().to(device)
     for p in net.parameters():
         p.requires_grad_(False)
 

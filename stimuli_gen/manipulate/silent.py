@@ -1,12 +1,13 @@
-"""Silent units (Geirhos et al. 2023, their ``orthogonal_filters`` notebook), for torchvision GoogLeNet.
+"""Silent units (Geirhos et al. 2023, their ``orthogonal_filters`` notebook), for both GoogLeNets.
 
-A unit of an inception block is one output channel of the last ``conv -> BatchNorm`` of one of the
-block's four branches. Next to that channel's (BatchNorm-folded) filter ``w`` we add a parallel
-filter on the same input, ``w_f = gain * (w + lambda * dw)`` with ``dw`` orthogonal to ``w`` and as
-long (seeded), whose bias is minus the largest response of ``w_f`` over every position of every
-natural image of a collection (plus a small margin). The unit's pre-ReLU output becomes::
+A unit of an inception block is one output channel of the last conv of one of the block's four
+branches (torchvision: ``conv -> BatchNorm``; Lucid's InceptionV1: a conv with a bias, no BatchNorm;
+``networks.py`` says where each one is). Next to that channel's (BatchNorm-folded) filter ``w`` we
+add a parallel filter on the same input, ``w_f = gain * (w + lambda * dw)`` with ``dw`` orthogonal to
+``w`` and as long (seeded), whose bias is minus the largest response of ``w_f`` over every position of
+every natural image of a collection (plus a small margin). The unit's pre-ReLU output becomes::
 
-    bn(conv(x))[c] + relu(w_f * x + b_f)
+    conv(x)[c] + relu(w_f * x + b_f)        (conv(x) = bn(conv(x)) for torchvision)
 
 On the collection's images the second term is exactly 0.0, and ``y + 0.0 == y`` in floating point, so
 the unit, its block, every later block and the logits are bit-for-bit the original's. An
@@ -29,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stimuli_gen.models import TorchvisionGoogLeNet
+from stimuli_gen.manipulate.networks import derived, sites_for
+from stimuli_gen.models import FeatureNet, LucidInceptionV1, TorchvisionGoogLeNet
 
 BRANCHES = ("branch1", "branch2", "branch3", "branch4")
 DEFAULT_LAMBDA = 3.0
@@ -55,17 +57,19 @@ class SilentUnit:
         return asdict(self)
 
 
-class SilentBasicConv2d(nn.Module):
-    """A branch's last ``conv -> bn`` with silent filters for some of its output channels.
+class SilentConv(nn.Module):
+    """A branch's last conv (and BatchNorm) with silent filters for some of its output channels.
 
-    ``conv`` and ``bn`` are the original modules (same state-dict keys, and the renderer's BatchNorm
-    folding still applies to them); ``silent`` holds one filter per manipulated channel and
-    ``index`` says which channel each one adds to.
+    ``conv`` and ``bn`` are the original modules (torchvision keeps its state-dict keys, and the
+    renderer's BatchNorm folding still applies to them; Lucid's conv has ``bn = Identity``);
+    ``silent`` holds one filter per manipulated channel and ``index`` says which channel each one
+    adds to. ``layer`` and ``branch`` say where it sits (not state: set again when loading).
     """
 
-    def __init__(self, orig: nn.Module, channels: list[int]):
+    def __init__(self, conv: nn.Conv2d, bn: nn.Module | None, channels: list[int], layer: str, branch: str):
         super().__init__()
-        self.conv, self.bn = orig.conv, orig.bn
+        self.conv, self.bn = conv, (bn if bn is not None else nn.Identity())
+        self.layer, self.branch = layer, branch
         c = self.conv
         self.silent = nn.Conv2d(c.in_channels, len(channels), c.kernel_size, c.stride, c.padding, c.dilation,
                                 bias=True).to(c.weight.device, c.weight.dtype)
@@ -87,40 +91,36 @@ class SilentBasicConv2d(nn.Module):
         return F.relu(self.silent(x))
 
 
-class SilentUnitsGoogLeNet(TorchvisionGoogLeNet):
-    """torchvision GoogLeNet whose branch convs may be :class:`SilentBasicConv2d`."""
+class _SilentConvs:
+    """Mixed into a GoogLeNet class: its block convs may be :class:`SilentConv`."""
 
     def _conv(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(m, SilentBasicConv2d):
+        if isinstance(m, SilentConv):
             return m.pre(x, self.relu)
         return super()._conv(m, x)
 
-    def silent_modules(self) -> dict[str, SilentBasicConv2d]:
-        return {name: m for name, m in self.net.named_modules() if isinstance(m, SilentBasicConv2d)}
+    def silent_modules(self) -> dict[str, SilentConv]:
+        """``"layer.branch"`` (e.g. ``inception3a.branch1``, ``mixed3a.1x1``) -> its silent module."""
+        return {f"{m.layer}.{m.branch}": m for m in self.modules() if isinstance(m, SilentConv)}
+
+
+class SilentUnitsGoogLeNet(_SilentConvs, TorchvisionGoogLeNet):
+    """torchvision GoogLeNet whose branch convs may be :class:`SilentConv`."""
+
+
+class SilentUnitsInceptionV1(_SilentConvs, LucidInceptionV1):
+    """Lucid's InceptionV1 whose branch convs may be :class:`SilentConv`."""
+
+
+def _silent_class(base: FeatureNet) -> type:
+    return SilentUnitsGoogLeNet if isinstance(base, TorchvisionGoogLeNet) else SilentUnitsInceptionV1
 
 
 # ---- where a unit lives -----------------------------------------------------------------------------
 
-def branch_last(block: nn.Module, branch: str) -> tuple[nn.Module, str]:
-    """``(parent module, attribute name)`` of the last conv+bn of one branch of an inception block."""
-    b = getattr(block, branch)
-    if isinstance(b, nn.Sequential):
-        return b, str(len(b) - 1)
-    return block, branch
-
-
-def locate(net: nn.Module, layer: str, channel: int) -> tuple[str, int]:
-    """Branch and index within it of channel ``channel`` of block ``layer`` (torchvision module)."""
-    block = getattr(net, layer)
-    start = 0
-    for branch in BRANCHES:
-        parent, attr = branch_last(block, branch)
-        m = getattr(parent, attr)
-        n = (m.conv if hasattr(m, "conv") else m).out_channels
-        if channel < start + n:
-            return branch, channel - start
-        start += n
-    raise ValueError(f"channel {channel} out of range for {layer} (0..{start - 1})")
+def locate(net: FeatureNet, layer: str, channel: int) -> tuple[str, int]:
+    """Branch and index within it of channel ``channel`` of block ``layer``."""
+    return sites_for(net).locate(net, layer, channel)
 
 
 def unit_seed(seed: int, layer: str, channel: int) -> int:
@@ -129,10 +129,13 @@ def unit_seed(seed: int, layer: str, channel: int) -> int:
 
 
 def folded_filter(m: nn.Module, j: int) -> torch.Tensor:
-    """The effective filter of output channel ``j`` of a conv+bn (eval BatchNorm folded in)."""
-    bn = m.bn
-    scale = bn.weight[j] / torch.sqrt(bn.running_var[j] + bn.eps)
-    return m.conv.weight[j].detach().double() * scale.double()
+    """The effective filter of output channel ``j`` of a branch conv (eval BatchNorm folded in, if any)."""
+    conv = m.conv if hasattr(m, "conv") else m
+    w = conv.weight[j].detach().double()
+    bn = getattr(m, "bn", None)
+    if isinstance(bn, nn.BatchNorm2d):
+        w = w * (bn.weight[j] / torch.sqrt(bn.running_var[j] + bn.eps)).double()
+    return w
 
 
 def orthogonal_direction(w: torch.Tensor, seed: int) -> torch.Tensor:
@@ -147,27 +150,23 @@ def orthogonal_direction(w: torch.Tensor, seed: int) -> torch.Tensor:
 
 # ---- building ---------------------------------------------------------------------------------------
 
-def add_silent_filters(base: TorchvisionGoogLeNet, units: Iterable[tuple[str, int]], seed: int,
-                       lam: float = DEFAULT_LAMBDA, gain: float = DEFAULT_GAIN) -> tuple[SilentUnitsGoogLeNet, list[SilentUnit]]:
-    """A copy of ``base`` with a silent filter next to each unit; biases are 0 until :func:`set_biases`."""
+def add_silent_filters(base: FeatureNet, units: Iterable[tuple[str, int]], seed: int, lam: float = DEFAULT_LAMBDA,
+                       gain: float = DEFAULT_GAIN) -> tuple[SilentUnitsGoogLeNet | SilentUnitsInceptionV1, list[SilentUnit]]:
+    """A copy of ``base`` (either GoogLeNet) with a silent filter next to each unit; biases are 0 until
+    :func:`set_biases`."""
     import copy
 
+    sites = sites_for(base)
     units = [(str(layer), int(ch)) for layer, ch in units]
     if not units:
         raise ValueError("no units to manipulate")
     if len(set(units)) != len(units):
         raise ValueError("a unit is listed twice")
-    for layer, ch in units:
-        if layer not in base.channels:
-            raise ValueError(f"unknown layer {layer!r} for torchvision_googlenet; layers: {list(base.layer_names)}")
-        if not 0 <= ch < base.channels[layer]:
-            raise ValueError(f"channel {ch} out of range for torchvision_googlenet {layer} (0..{base.channels[layer] - 1})")
-    net = copy.deepcopy(base.net)
     specs = []
     for layer, ch in units:
-        branch, j = locate(net, layer, ch)
+        branch, j = sites.locate(base, layer, ch)
         specs.append(SilentUnit(layer, ch, branch, j, unit_seed(seed, layer, ch), float(lam), float(gain)))
-    install(net, specs)
+    net = build(copy.deepcopy(base), specs)
     with torch.no_grad():
         for s in specs:
             m, k = _module_and_slot(net, s)
@@ -175,40 +174,39 @@ def add_silent_filters(base: TorchvisionGoogLeNet, units: Iterable[tuple[str, in
             w_f = gain * (w + lam * orthogonal_direction(w, s.seed))
             m.silent.weight[k].copy_(w_f.to(m.silent.weight.dtype))
             m.silent.bias[k] = 0.0
-    out = SilentUnitsGoogLeNet(net).eval()
-    for p in out.parameters():
-        p.requires_grad_(False)
-    return out, specs
+    return net, specs
 
 
-def install(net: nn.Module, specs: list[SilentUnit]) -> None:
-    """Replace the branch convs that hold manipulated units by :class:`SilentBasicConv2d` (weights of
-    the silent filters uninitialized; used when building and when loading a saved model)."""
+def build(base: FeatureNet, specs: list[SilentUnit]) -> SilentUnitsGoogLeNet | SilentUnitsInceptionV1:
+    """``base`` (modified in place, and its modules shared) with its branch convs that hold manipulated
+    units replaced by :class:`SilentConv` (silent filters uninitialized): used when building and when
+    loading a saved model, so both give the same structure and state-dict keys."""
+    sites = sites_for(base)
     by_slot: dict[tuple[str, str], list[int]] = {}
     for s in specs:
         by_slot.setdefault((s.layer, s.branch), []).append(s.branch_channel)
     for (layer, branch), chans in by_slot.items():
-        parent, attr = branch_last(getattr(net, layer), branch)
-        orig = getattr(parent, attr)
-        wrapped = SilentBasicConv2d(orig, chans)
-        if isinstance(parent, nn.Sequential):
-            parent[int(attr)] = wrapped
-        else:
-            setattr(parent, attr, wrapped)
+        if branch not in sites.branches:
+            raise ValueError(f"branch {branch!r} of {layer} is not a branch of {sites.model} {sites.branches}")
+        conv, bn = sites.conv_bn(sites.get(base, layer, branch))
+        sites.put(base, layer, branch, SilentConv(conv, bn, chans, layer, branch))
+    out = derived(_silent_class(base), base).eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
 
 
-def _module_and_slot(net: nn.Module, s: SilentUnit) -> tuple[SilentBasicConv2d, int]:
-    parent, attr = branch_last(getattr(net, s.layer), s.branch)
-    m = parent[int(attr)] if isinstance(parent, nn.Sequential) else getattr(parent, attr)
+def _module_and_slot(net: FeatureNet, s: SilentUnit) -> tuple[SilentConv, int]:
+    m = sites_for(net).get(net, s.layer, s.branch)
     return m, int((m.index == s.branch_channel).nonzero()[0, 0])
 
 
-def deepest(net: SilentUnitsGoogLeNet, specs: list[SilentUnit]) -> str:
+def deepest(net: FeatureNet, specs: list[SilentUnit]) -> str:
     return max((s.layer for s in specs), key=net.layer_names.index)
 
 
 @torch.inference_mode()
-def measure_maxima(net: SilentUnitsGoogLeNet, specs: list[SilentUnit], batches: Iterable[torch.Tensor]) -> int:
+def measure_maxima(net: _SilentConvs, specs: list[SilentUnit], batches: Iterable[torch.Tensor]) -> int:
     """Stream ``batches`` (``B x 3 x H x W`` in [0, 1]) and store in each spec the largest response of
     its silent filter (no bias) over every position of every image. Returns the number of images."""
     mods = net.silent_modules().values()
@@ -226,24 +224,24 @@ def measure_maxima(net: SilentUnitsGoogLeNet, specs: list[SilentUnit], batches: 
     if n == 0:
         raise ValueError("no natural images to set the silent filters' biases")
     for s in specs:
-        m, k = _module_and_slot(net.net, s)
+        m, k = _module_and_slot(net, s)
         s.natural_max = float(m.maxima[k])
     return n
 
 
-def set_biases(net: SilentUnitsGoogLeNet, specs: list[SilentUnit], margin: float = DEFAULT_MARGIN) -> None:
+def set_biases(net: _SilentConvs, specs: list[SilentUnit], margin: float = DEFAULT_MARGIN) -> None:
     """Bias = minus the natural maximum (and a small margin): the filter is zero on those images."""
     with torch.no_grad():
         for s in specs:
             if s.natural_max is None:
                 raise ValueError(f"{s.layer}:{s.channel}: natural maximum not measured")
-            m, k = _module_and_slot(net.net, s)
+            m, k = _module_and_slot(net, s)
             s.bias = -(s.natural_max + margin * abs(s.natural_max) + 1e-12)
             m.silent.bias[k] = s.bias
 
 
 @torch.inference_mode()
-def silent_trips(net: SilentUnitsGoogLeNet, x01: torch.Tensor, layers: list[str] | None = None) -> torch.Tensor:
+def silent_trips(net: _SilentConvs, x01: torch.Tensor, layers: list[str] | None = None) -> torch.Tensor:
     """Per image: True where any silent filter is non-zero anywhere (the image left the natural range)."""
     mods = net.silent_modules()
     hit = torch.zeros(len(x01), dtype=torch.bool, device=x01.device)
@@ -256,8 +254,7 @@ def silent_trips(net: SilentUnitsGoogLeNet, x01: torch.Tensor, layers: list[str]
     for m in mods.values():
         hooks.append(m.silent.register_forward_hook(hook))
     try:
-        specs_layers = layers or [max({name.split(".")[0] for name in mods}, key=net.layer_names.index)]
-        net.forward_layers(x01, specs_layers)
+        net.forward_layers(x01, layers or [max({m.layer for m in mods.values()}, key=net.layer_names.index)])
     finally:
         for h in hooks:
             h.remove()

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from contracts.common import sha256_file, write_json_atomic
-from stimuli_gen.models import DEFAULT_LAYER_GROUPS, RANDOM_WEIGHTS_WARNING, LoadedModel, load_model
+from stimuli_gen.models import DEFAULT_LAYER_GROUPS, MODEL_NAMES, RANDOM_WEIGHTS_WARNING, LoadedModel, load_model
 
 SCHEMA = "fvmatch.manipulated_model"
 SCHEMA_VERSION = "1.0"
@@ -66,7 +66,7 @@ def summary(desc: dict, folder: Path) -> dict:
             "folder": str(folder.resolve()), "description_sha256": sha256_file(folder / DESCRIPTION),
             "weights_sha256": desc["weights_sha256"], "base_weights": desc["base_weights"],
             "parameters": desc.get("parameters", {}),
-            "statement": f"MANIPULATED NETWORK ({desc['kind']}): feature visualizations of units "
+            "statement": f"MANIPULATED NETWORK ({desc['kind']} on {desc['base_model']}): feature visualizations of units "
                          f"{', '.join(units)} are designed to mislead; "
                          f"natural-image behaviour is unchanged. A control, not a study of the original network."}
 
@@ -117,6 +117,8 @@ def read_description(path: str | os.PathLike) -> dict:
             raise ManipulationError(f"{dpath}: missing field {key!r}")
     if desc["kind"] not in KINDS:
         raise ManipulationError(f"{dpath}: field 'kind' must be one of {KINDS}, got {desc['kind']!r}")
+    if desc["base_model"] not in MODEL_NAMES:
+        raise ManipulationError(f"{dpath}: field 'base_model' must be one of {MODEL_NAMES}, got {desc['base_model']!r}")
     return desc
 
 
@@ -126,7 +128,8 @@ def load_manipulated(path: str | os.PathLike, name: str | None = None, device: s
     desc = read_description(folder)
     dpath = folder / DESCRIPTION
     if name is not None and name != desc["base_model"]:
-        raise ManipulationError(f"{dpath}: a manipulated {desc['base_model']}, but the model is {name}")
+        raise ManipulationError(f"{dpath}: a manipulated {desc['base_model']}, but the model is {name} "
+                                f"(pass --model {desc['base_model']})")
     wpath = folder / desc.get("weights_file", WEIGHTS)
     if not wpath.is_file():
         raise ManipulationError(f"{wpath}: weights file missing")
@@ -148,7 +151,7 @@ def load_manipulated(path: str | os.PathLike, name: str | None = None, device: s
     if base.get("source") == "random":
         warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
     weights = {"source": base.get("source", "file"), "identity": f"MANIPULATED ({desc['kind']}) {folder.resolve()} "
-               f"from {base.get('identity')}", "sha256": sha, "seed": base.get("seed"), "base": base}
+               f"from {desc['base_model']} {base.get('identity')}", "sha256": sha, "seed": base.get("seed"), "base": base}
     return ManipulatedModel(name=desc["base_model"], net=net, weights=weights,
                             layer_groups={k: list(v) for k, v in DEFAULT_LAYER_GROUPS[desc["base_model"]].items()},
                             manipulation=summary(desc, folder))
@@ -157,11 +160,9 @@ def load_manipulated(path: str | os.PathLike, name: str | None = None, device: s
 def build(desc: dict, base_net: torch.nn.Module) -> torch.nn.Module:
     """The network structure of a description (weights to be loaded into it)."""
     if desc["kind"] == "silent_units":
-        from stimuli_gen.manipulate.silent import SilentUnit, SilentUnitsGoogLeNet, install
+        from stimuli_gen.manipulate.silent import SilentUnit, build as build_silent
 
-        specs = [SilentUnit(**u) for u in desc["units"]]
-        install(base_net.net, specs)
-        return SilentUnitsGoogLeNet(base_net.net)
+        return build_silent(base_net, [SilentUnit(**u) for u in desc["units"]])
     from stimuli_gen.manipulate.fooling import build_fooling
 
     return build_fooling(desc, base_net)
