@@ -6,7 +6,8 @@ import pytest
 
 from analysis import glmm
 from analysis.accuracy import rows_long
-from analysis.glmm import ModelOptions, fit_bayes_glmm, fit_mixedlm_cells, fit_row_glmm, fit_trial_glmm, wald
+from analysis.contrasts import wald
+from analysis.glmm import ModelOptions, fit_bayes_glmm, fit_mixedlm_cells, fit_row_glmm, fit_trial_glmm
 from analysis.simulate import SimulationSpec, simulate_trials
 
 
