@@ -102,7 +102,8 @@ def manipulation_effect(root: Path | None) -> tuple[pd.DataFrame | None, str]:
         return None, f"not measured: {e}"
     n, trip, dom = int(per_unit.n_images.sum()), int(per_unit.tripped.sum()), int(per_unit.dominated.sum())
     units_dom = int((per_unit.dominated == per_unit.n_images).sum())
-    verdict = ("the manipulation acted" if dom == n else
+    verdict = ("the manipulation acted on every visualization" if dom == n else
+               "the manipulation acted on most of the set" if 2 * dom >= n else
                "the manipulation acted on part of the set only" if dom else
                "the manipulation did NOT act: the visualizations stayed in the natural range")
     return per_unit, (f"{trip} of {n} feature visualizations of the {len(per_unit)} manipulated units switch their "
@@ -200,7 +201,10 @@ def report_blocks(loaded: dict, sets: dict, table: pd.DataFrame, ps: pd.DataFram
                              f"{man.get('statement', '')}"))
     blocks += [Block("h2", "Did the manipulation act on the visualizations?"), Block("p", effect[1])]
     if effect[0] is not None:
-        blocks.append(Block("table", effect[0].rename(columns={"n_images": "visualizations", "tripped": "silent filter on",
+        shown = effect[0].copy()
+        for c in ("mean_activation", "mean_silent_part", "min_reach"):  # up to 1e10 when earlier silent filters are on
+            shown[c] = shown[c].map(lambda v: f"{v:.3g}")
+        blocks.append(Block("table", shown.rename(columns={"n_images": "visualizations", "tripped": "silent filter on",
                                                                "dominated": "silent-dominated"}),
                             "Per manipulated unit, measured in the manipulated network on the set's saved visualizations "
                             "(manipulation_effect.csv): silent share = silent part / (silent part + |rest|) of the unit's "

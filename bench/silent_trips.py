@@ -8,7 +8,8 @@ channel mean) through the manipulated network and measures on the saved 8-bit im
 more than the unit's own filter (``dominated``, silent share > 0.5). Natural maxima are measured once per lambda
 (the on/off pattern does not depend on the gain: ``w_f`` and its bias scale together), then the filters are
 scaled by each gain. The baseline is the first configuration: the control demo before issue 15's change (lambda 3, gain 100, 32 steps
-at 64 px, diversity 100, Lucid's lr 0.05); the others vary one thing against the demo's new recipe (lr 0.2).
+at 64 px, diversity 100, Lucid's lr 0.05); the second is the demo now (lr 0.5, saved at the render size as here);
+the others vary one thing against it. A unit's images are saved at the size they were rendered at.
 
     PYTHONPATH=. .venv/bin/python bench/silent_trips.py [--per-unit] [--configs "3:100:32:64:100:0.2 ..."]
 """
@@ -17,15 +18,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import os
-import platform
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine_info import cpu_name, load_average  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 from stimuli_gen.collection import Preprocess
 from stimuli_gen.manipulate import effect as E
 from stimuli_gen.manipulate import make as M
@@ -75,8 +78,8 @@ def measure(net, units, images: torch.Tensor, n_vis: int) -> pd.DataFrame:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--units", default=DEMO_UNITS)
-    p.add_argument("--configs", default="3:100:32:64:100:0.05 3:100:32:64:100:0.2 3:1:32:64:100:0.2 3:1e4:32:64:100:0.2 "
-                                        "1:100:32:64:100:0.2 10:100:32:64:100:0.2",
+    p.add_argument("--configs", default="3:100:32:64:100:0.05 3:100:32:64:100:0.5 3:100:32:64:100:0.2 3:1:32:64:100:0.5 "
+                                        "3:1e4:32:64:100:0.5 1:100:32:64:100:0.5 10:100:32:64:100:0.5",
                    help="space-separated lambda:gain:steps:size:diversity_weight:lr (the first is the baseline)")
     p.add_argument("--n-vis", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -87,8 +90,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     units = M.parse_units(args.units.split(","))
     configs = [tuple(float(v) for v in c.split(":")) for c in args.configs.split()]
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({args.threads} thread(s)), load {os.getloadavg()[0]:.1f}")
+    print(f"machine: CPU {cpu_name()}, {os.cpu_count()} logical cores, load average {load_average():.1f}; "
+          f"torch {torch.__version__}, {args.threads} thread(s)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         base = load_model("torchvision_googlenet", "random", seed=0)
