@@ -107,8 +107,9 @@ def manipulation_effect(root: Path | None) -> tuple[pd.DataFrame | None, str]:
                "the manipulation acted on part of the set only" if dom else
                "the manipulation did NOT act: the visualizations stayed in the natural range")
     return per_unit, (f"{trip} of {n} feature visualizations of the {len(per_unit)} manipulated units switch their "
-                      f"unit's silent filter on, and in {dom} of {n} it drives the unit more than the unit's own filter "
-                      f"(silent share > {E.DOMINATED}; all visualizations of {units_dom} of {len(per_unit)} units): {verdict}.")
+                      f"unit's silent filter on, and in {dom} of {n} it drives the unit more than the rest of the unit's "
+                      f"activation does (silent share > {E.DOMINATED}; all visualizations of {units_dom} of {len(per_unit)} "
+                      f"units): {verdict}.")
 
 
 def accuracy_figure(table: pd.DataFrame, path: Path, level: str = "row") -> None:
@@ -175,6 +176,8 @@ def compare(original: list[str], manipulated: list[str], out: str | Path, n_boot
     (out / "figures").mkdir(parents=True, exist_ok=True)
     if effect[0] is not None:
         effect[0].to_csv(out / "manipulation_effect.csv", index=False, float_format="%.6g")
+    else:
+        (out / "manipulation_effect.csv").unlink(missing_ok=True)  # not an earlier run's, under this report
     table.to_csv(out / "accuracy_comparison.csv", index=False, float_format="%.6g")
     if len(ps):
         ps.to_csv(out / "path_similarity_comparison.csv", index=False, float_format="%.6g")
@@ -208,7 +211,9 @@ def report_blocks(loaded: dict, sets: dict, table: pd.DataFrame, ps: pd.DataFram
                                                                "dominated": "silent-dominated"}),
                             "Per manipulated unit, measured in the manipulated network on the set's saved visualizations "
                             "(manipulation_effect.csv): silent share = silent part / (silent part + |rest|) of the unit's "
-                            "activation."))
+                            "activation, where the rest is the unit's own filter on inputs that the silent filters of "
+                            "earlier manipulated units may have changed; min_reach = the smallest, over the unit's "
+                            "visualizations, of its silent filter's largest response over its natural maximum (>= 1: on)."))
     study_rows = []
     for label, ld in loaded.items():
         s = ld.sessions
@@ -270,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ContractError, FileNotFoundError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
-    print(f"control comparison: {files[1]} (also {files[0].name}, accuracy_comparison.csv, figures/)")
+    effect = " manipulation_effect.csv," if (Path(args.out) / "manipulation_effect.csv").is_file() else ""
+    print(f"control comparison: {files[1]} (also {files[0].name}, accuracy_comparison.csv,{effect} figures/)")
     return 0
 
 

@@ -4,8 +4,9 @@ A silent filter only misleads where a visualization leaves the natural range and
 image of a manipulated unit this measures, in the manipulated network, the unit's activation (the channel's
 spatial mean, before or after the block's ReLU as the set reports it) and the silent part of it: the spatial mean
 of ``relu(w_f * x + b_f)``, the term the filter adds to the unit's pre-ReLU map. ``tripped``: the unit's own
-silent filter is non-zero somewhere on the image; ``silent_share`` = silent part / (silent part + |rest|), so
-> 0.5 means the silent filter drives the unit more than its original filter does (``dominated``); ``reach``:
+silent filter is non-zero somewhere on the image; ``silent_share`` = silent part / (silent part + |rest|), the rest
+being the unit's own filter on its input (which the silent filters of earlier manipulated units may have changed),
+so > 0.5 means the silent filter drives the unit more than everything else does (``dominated``); ``reach``:
 the largest bias-free response of the silent filter on the image over its natural maximum (>= 1 where it trips;
 below 1 it says how far the image stayed inside the natural range).
 
