@@ -87,6 +87,31 @@ def path_similarity_table(sets: dict[str, Path | None]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def manipulation_effect(root: Path | None) -> tuple[pd.DataFrame | None, str]:
+    """Did the manipulation act on the visualizations the observer saw? Per manipulated unit of the set at
+    ``root``: how many of its saved visualizations switch its silent filter on and are dominated by it
+    (``stimuli_gen.manipulate.effect``), and one sentence for the report. ``(None, why not)`` when it cannot
+    be measured (no set folder, not a silent-units network, model folder gone)."""
+    if root is None:
+        return None, "not measured: the manipulated study's stimulus set folder was not found"
+    try:
+        from stimuli_gen.manipulate import effect as E
+
+        per_unit = E.summarize_units(E.set_effect(root))
+    except (ValueError, OSError) as e:
+        return None, f"not measured: {e}"
+    n, trip, dom = int(per_unit.n_images.sum()), int(per_unit.tripped.sum()), int(per_unit.dominated.sum())
+    units_dom = int((per_unit.dominated == per_unit.n_images).sum())
+    verdict = ("the manipulation acted on every visualization" if dom == n else
+               "the manipulation acted on most of the set" if 2 * dom >= n else
+               "the manipulation acted on part of the set only" if dom else
+               "the manipulation did NOT act: the visualizations stayed in the natural range")
+    return per_unit, (f"{trip} of {n} feature visualizations of the {len(per_unit)} manipulated units switch their "
+                      f"unit's silent filter on, and in {dom} of {n} it drives the unit more than the rest of the unit's "
+                      f"activation does (silent share > {E.DOMINATED}; all visualizations of {units_dom} of {len(per_unit)} "
+                      f"units): {verdict}.")
+
+
 def accuracy_figure(table: pd.DataFrame, path: Path, level: str = "row") -> None:
     """Accuracy by layer group, one panel per trial type, the studies side by side with CIs and chance."""
     import matplotlib
@@ -147,16 +172,22 @@ def compare(original: list[str], manipulated: list[str], out: str | Path, n_boot
                          "network's (its manifest has no manipulation)")
     table = accuracy_table({label: ld.trials for label, ld in loaded.items()}, n_boot, seed)
     ps = path_similarity_table({label: s[1] for label, s in sets.items()})
+    effect = manipulation_effect(sets["manipulated"][1])
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    if effect[0] is not None:
+        effect[0].to_csv(out / "manipulation_effect.csv", index=False, float_format="%.6g")
+    else:
+        (out / "manipulation_effect.csv").unlink(missing_ok=True)  # not an earlier run's, under this report
     table.to_csv(out / "accuracy_comparison.csv", index=False, float_format="%.6g")
     if len(ps):
         ps.to_csv(out / "path_similarity_comparison.csv", index=False, float_format="%.6g")
     accuracy_figure(table, out / "figures" / "accuracy_comparison.png")
-    blocks = report_blocks(loaded, sets, table, ps, out)
+    blocks = report_blocks(loaded, sets, table, ps, out, effect)
     return write_report(blocks, out, "fvmatch control comparison")
 
 
-def report_blocks(loaded: dict, sets: dict, table: pd.DataFrame, ps: pd.DataFrame, out: Path) -> list[Block]:
+def report_blocks(loaded: dict, sets: dict, table: pd.DataFrame, ps: pd.DataFrame, out: Path,
+                  effect: tuple[pd.DataFrame | None, str] = (None, "not measured")) -> list[Block]:
     import shutil
 
     man = sets["manipulated"][0]["manipulation"]
@@ -171,6 +202,18 @@ def report_blocks(loaded: dict, sets: dict, table: pd.DataFrame, ps: pd.DataFram
                                      "not a result about GoogLeNet."))
     blocks.append(Block("p", f"Manipulation: {man.get('kind')} of units {', '.join(man.get('units', []))}. "
                              f"{man.get('statement', '')}"))
+    blocks += [Block("h2", "Did the manipulation act on the visualizations?"), Block("p", effect[1])]
+    if effect[0] is not None:
+        shown = effect[0].copy()
+        for c in ("mean_activation", "mean_silent_part", "min_reach"):  # up to 1e10 when earlier silent filters are on
+            shown[c] = shown[c].map(lambda v: f"{v:.3g}")
+        blocks.append(Block("table", shown.rename(columns={"n_images": "visualizations", "tripped": "silent filter on",
+                                                               "dominated": "silent-dominated"}),
+                            "Per manipulated unit, measured in the manipulated network on the set's saved visualizations "
+                            "(manipulation_effect.csv): silent share = silent part / (silent part + |rest|) of the unit's "
+                            "activation, where the rest is the unit's own filter on inputs that the silent filters of "
+                            "earlier manipulated units may have changed; min_reach = the smallest, over the unit's "
+                            "visualizations, of its silent filter's largest response over its natural maximum (>= 1: on)."))
     study_rows = []
     for label, ld in loaded.items():
         s = ld.sessions
@@ -232,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ContractError, FileNotFoundError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
-    print(f"control comparison: {files[1]} (also {files[0].name}, accuracy_comparison.csv, figures/)")
+    effect = " manipulation_effect.csv," if (Path(args.out) / "manipulation_effect.csv").is_file() else ""
+    print(f"control comparison: {files[1]} (also {files[0].name}, accuracy_comparison.csv,{effect} figures/)")
     return 0
 
 

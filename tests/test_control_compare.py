@@ -64,7 +64,8 @@ def test_comparison_report_side_by_side(tmp_path):
     assert ps.groupby("study").flagged.sum().to_dict() == {"manipulated": 2, "original": 0}
     md = (out / "report.md").read_text()
     for text in ("Accuracy by condition", "manipulated - original", "silent_units of units inception3a:1",
-                 "figures/path_similarity_original.png", "figures/path_similarity_manipulated.png", "RANDOM WEIGHTS"):
+                 "figures/path_similarity_original.png", "figures/path_similarity_manipulated.png", "RANDOM WEIGHTS",
+                 "Did the manipulation act on the visualizations?", "not measured: "):
         assert text in md, text
     side = CC.side_by_side(table)
     assert list(side.columns[:5]) == ["trial type", "layer group", "chance", "original", "manipulated"]
