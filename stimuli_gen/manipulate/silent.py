@@ -33,7 +33,6 @@ from torch import nn
 from stimuli_gen.manipulate.networks import derived, sites_for
 from stimuli_gen.models import FeatureNet, LucidInceptionV1, TorchvisionGoogLeNet
 
-BRANCHES = ("branch1", "branch2", "branch3", "branch4")
 DEFAULT_LAMBDA = 3.0
 DEFAULT_GAIN = 100.0  # scales w_f and its bias: zero on naturals either way, dominant once the filter is on
 DEFAULT_MARGIN = 1e-3  # relative: bias = -(max + margin * |max| + 1e-6); convs differ by ULPs across batch sizes
