@@ -39,6 +39,24 @@ def test_folder_and_verification_report(model):
     assert not list(model.parent.glob(".silent.tmp-*"))
 
 
+def test_verification_visualizations_use_the_sets_learning_rate(builtin_collection, tmp_path):
+    """--fv-lr: at few steps Lucid's lr 0.05 leaves the visualizations inside the natural range, so the report said
+    0 tripping although a set rendered at a higher lr is dominated by the silent filters (issue 15; ctl's
+    bench/silent_trips.py: 0/45 at 0.05, 44/45 at 0.5, 32 steps, 64 px). With the set's lr the report shows it."""
+    tripping = {}
+    for lr in (None, 0.5):
+        out = tmp_path / f"m{lr}"
+        extra = [] if lr is None else ["--fv-lr", str(lr)]
+        assert cli.main(["silent", "--out", str(out), "--units", "inception3a:5,inception3a:200,inception3b:100",
+                         "--collection", str(builtin_collection), "--fv-per-unit", "1", "--fv-steps", "32", "--fv-size", "64",
+                         "--holdout-fraction", "0", *extra, *SMALL]) == 0
+        rep = json.loads((out / "verification.json").read_text())
+        assert rep["feature_vis"]["parameters"]["lr"] == (0.05 if lr is None else lr)
+        tripping[lr] = sum(u["new_fv_tripping"] for u in rep["feature_vis"]["units"])
+        assert f"lr {rep['feature_vis']['parameters']['lr']}" in (out / "verification.md").read_text()
+    assert tripping[None] == 0 and tripping[0.5] >= 2, tripping  # measured: 0 and 3 of 3
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--units", "inception3a:256"], "channel 256 out of range"),
     (["--units", "inception9a:1"], "unknown layer 'inception9a'"),

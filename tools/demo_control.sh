@@ -48,9 +48,9 @@ stage_done 1
 echo "== 2/5 silent units next to $UNITS: $MODEL"
 # --holdout-fraction 0: every image of the collection sets the silent biases, so the manipulated network's
 # natural exemplars are the original's (a held-out image could trip a silent filter). Lambda and gain: the
-# command's defaults. --fv-per-unit 0: the verification report's own visualizations use Lucid's lr 0.05, with
-# which 32 steps do not leave the natural range; whether the silent filters act on the set's visualizations
-# is measured on the set itself, in the comparison report (stage 5).
+# command's defaults. --fv-per-unit 0: no verification renders (time); whether the silent filters act on the set's
+# visualizations is measured on the set itself, in the comparison report (stage 5). (Verification renders would
+# need the set's --fv-lr 0.5: at Lucid's 0.05, 32 steps do not leave the natural range and nothing trips.)
 "$PY" -m stimuli_gen.manipulate.cli silent --out "$MODEL" --units "$UNITS" --collection builtin --weights "$WEIGHTS" \
   "${CROP[@]}" --seed 0 --holdout-fraction 0 --fv-per-unit 0 --overwrite --no-progress
 

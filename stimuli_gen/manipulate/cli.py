@@ -46,6 +46,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fv-per-unit", type=int, default=2, help="visualizations per unit in the verification (0: none)")
     p.add_argument("--fv-steps", type=int, default=128, help="optimization steps of those visualizations (default 128)")
     p.add_argument("--fv-size", type=int, default=128, help="their size in px (default 128)")
+    p.add_argument("--fv-lr", type=float, default=None, help="their Adam learning rate (default: Lucid's 0.05). Use "
+                   "the stimulus set's own: few steps at 0.05 stay inside the natural range, so no silent filter "
+                   "switches on and the report shows 0 tripping")
     p.add_argument("--labels", default=None, help="class labels for top-1 accuracy in the verification report: "
                    "'folders' (one folder per class, ImageNet val's synset layout) or a CSV path,label (default: none)")
     p.add_argument("--class-index", default=None, help="CSV label,index: the logit of each label (default: the "
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                   builtin_dir=args.builtin_dir, model=args.model, weights=args.weights, seed=args.seed,
                   holdout_fraction=args.holdout_fraction, min_images=args.min_images, resize=args.resize,
                   crop=args.crop, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                  fv_per_unit=args.fv_per_unit, fv_steps=args.fv_steps, fv_size=args.fv_size, labels=args.labels,
+                  fv_per_unit=args.fv_per_unit, fv_steps=args.fv_steps, fv_size=args.fv_size, fv_lr=args.fv_lr, labels=args.labels,
                   class_index=args.class_index, overwrite=args.overwrite, progress=not args.no_progress)
     try:
         if args.command == "silent":

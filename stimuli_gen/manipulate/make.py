@@ -44,6 +44,7 @@ class CommonOptions:
     fv_per_unit: int = 2
     fv_steps: int = 128
     fv_size: int = 128
+    fv_lr: float | None = None  # Adam's lr of those visualizations; None: Lucid's (0.05)
     labels: str | None = None  # "folders" (one folder per class), a CSV path,label, or None: no accuracy
     class_index: str | None = None  # CSV label,index: the logit of each label (default: sorted labels)
     overwrite: bool = False
@@ -172,13 +173,14 @@ def _visualizations_both(opts, base, net, units, device, trips, say, target=None
         return None, None, None
     from stimuli_gen.render import RenderConfig
 
-    say(f"rendering {opts.fv_per_unit} visualizations per unit through both networks ({opts.fv_steps} steps, "
-        f"{opts.fv_size} px)")
+    lr = {} if opts.fv_lr is None else {"lr": opts.fv_lr}
     rcfg = RenderConfig.from_preset("lucid", n_vis=opts.fv_per_unit, steps=opts.fv_steps, size=opts.fv_size,
-                                    out_size=opts.fv_size, seed=opts.seed)
+                                    out_size=opts.fv_size, seed=opts.seed, **lr)
+    say(f"rendering {opts.fv_per_unit} visualizations per unit through both networks ({opts.fv_steps} steps, "
+        f"{opts.fv_size} px, lr {rcfg.lr})")
     fv_orig, fv_manip = V.render_pair(base.net, net, units, rcfg, device)
-    fv = {"parameters": {"n_vis": rcfg.n_vis, "steps": rcfg.steps, "size": rcfg.size, "preset": rcfg.preset,
-                         "seed": rcfg.seed},
+    fv = {"parameters": {"n_vis": rcfg.n_vis, "steps": rcfg.steps, "size": rcfg.size, "lr": rcfg.lr,
+                         "preset": rcfg.preset, "seed": rcfg.seed},
           "units": V.fv_check(base.net, net, units, fv_orig, fv_manip, rcfg.n_vis, trips, target)}
     return fv_orig, fv_manip, fv
 

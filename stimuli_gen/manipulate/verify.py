@@ -171,7 +171,8 @@ def to_markdown(report: dict) -> str:
     if fv:
         p = fv["parameters"]
         lines += ["", "## Feature visualizations", "",
-                  f"{p['n_vis']} per unit, {p['steps']} steps at {p['size']} px, same seeds through both networks "
+                  f"{p['n_vis']} per unit, {p['steps']} steps at {p['size']} px"
+                  + (f", lr {p['lr']}" if "lr" in p else "") + ", same seeds through both networks "
                   f"(`verification_fv.png`: left the original network's, right the manipulated one's"
                   + (", then the target" if report["kind"] == "fooling_circuit" else "") + ").", "",
                   "| unit | corr. new vs original FV | new FVs tripping | original FVs tripping | unit act. on new FVs (manip. / orig. net) |"
