@@ -25,10 +25,11 @@ from stimuli_gen.manipulate import verify as V
 from stimuli_gen.models import MODEL_NAMES, RANDOM_WEIGHTS_WARNING, load_model
 
 
-@dataclass
-class CommonOptions:
+@dataclass(kw_only=True)
+class RunOptions:
+    """What every manipulate command takes: where to write, the natural images, the base network, the seed."""
+
     out: str
-    units: list[str]  # "layer:channel"
     collection: str = "builtin"
     builtin_dir: str = "data/collections/builtin"
     model: str = "torchvision_googlenet"
@@ -36,22 +37,29 @@ class CommonOptions:
     seed: int = 0
     holdout_fraction: float = 0.2
     min_images: int = 50  # fewest natural images allowed to set the biases / train the classifier
+    batch_size: int = 32
+    device: str = "cpu"
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass(kw_only=True)
+class CommonOptions(RunOptions):
+    """A manipulation of chosen units (silent units, fooling circuit) and its verification report."""
+
+    units: list[str]  # "layer:channel"
     resize: int = 256
     crop: int = 224
-    batch_size: int = 32
     workers: int = 0
-    device: str = "cpu"
     fv_per_unit: int = 2
     fv_steps: int = 128
     fv_size: int = 128
     fv_lr: float | None = None  # Adam's lr of those visualizations; None: Lucid's (0.05)
     labels: str | None = None  # "folders" (one folder per class), a CSV path,label, or None: no accuracy
     class_index: str | None = None  # CSV label,index: the logit of each label (default: sorted labels)
-    overwrite: bool = False
-    progress: bool = True
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SilentOptions(CommonOptions):
     lam: float = S.DEFAULT_LAMBDA
     gain: float = S.DEFAULT_GAIN
@@ -249,16 +257,10 @@ def make_silent(opts: SilentOptions) -> Path:
 
 # ---- fooling circuit -----------------------------------------------------------------------------------
 
-@dataclass
-class TrainOptions:
-    out: str  # classifier file (.pt; a .json description is written next to it)
-    collection: str = "builtin"
-    builtin_dir: str = "data/collections/builtin"
-    model: str = "torchvision_googlenet"
-    weights: str = "pretrained"
-    seed: int = 0
-    holdout_fraction: float = 0.2
-    min_images: int = 50
+@dataclass(kw_only=True)
+class TrainOptions(RunOptions):
+    """``train-classifier``: ``out`` is the classifier file (.pt; a .json description is written next to it)."""
+
     size: int = 128  # natural crops and visualizations are both shown to the classifier at this size
     min_steps: int = 4
     max_steps: int = 512  # the full recipe
@@ -266,11 +268,7 @@ class TrainOptions:
     vis_per_count: int = 16  # training visualizations rendered per step count (as many again held out)
     layers: list[str] | None = None  # None: the network's first three blocks (inception3a-4a, mixed3a-4a)
     epochs: int = 30
-    batch_size: int = 32
     lr: float = 1e-3
-    device: str = "cpu"
-    overwrite: bool = False
-    progress: bool = True
 
 
 def log_steps(lo: int, hi: int, n: int) -> list[int]:
@@ -380,7 +378,7 @@ def F_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tenso
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, y, weight=w)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoolingOptions(CommonOptions):
     classifier: str = ""  # a file written by train_classifier
     target: str | None = None  # picture; None: scikit-image's astronaut
