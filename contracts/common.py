@@ -10,7 +10,8 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -87,6 +88,31 @@ def check_schema(path: Path, obj: dict, schema: str, supported_major: int) -> No
         raise ContractError(
             path, f"schema_version {version} is not supported by this fvmatch (reads {supported_major}.x)"
         )
+
+
+@dataclass(frozen=True)
+class JsonDocument:
+    """A versioned JSON file of the contract: written with its ``schema`` and ``schema_version``, and checked the
+    same way on writing and on reading (the schema name, a readable major version, then ``validate``)."""
+
+    schema: str
+    version: str
+    validate: Callable[[Path, dict], None]
+
+    def check(self, path: Path, obj: dict) -> None:
+        check_schema(path, obj, self.schema, int(self.version.split(".")[0]))
+        self.validate(path, obj)
+
+    def write(self, path: Path, body: dict) -> Path:
+        full = {"schema": self.schema, "schema_version": self.version, **body}
+        self.check(path, full)
+        write_json_atomic(path, full)
+        return path
+
+    def read(self, path: Path) -> dict:
+        obj = read_json(path)
+        self.check(path, obj)
+        return obj
 
 
 def require_fields(path: Path, obj: dict, fields: dict[str, type | tuple[type, ...]], where: str = "") -> None:

@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from contracts.common import ContractError, check_schema, read_json, require_fields, write_json_atomic
+from contracts.common import ContractError, JsonDocument, require_fields
 
 SCHEMA = "fvmatch.online_study"
 SCHEMA_VERSION = "1.0"
@@ -39,25 +39,20 @@ STUDY_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 
 def write_study(folder: os.PathLike | str, study: dict) -> Path:
-    path = Path(folder) / STUDY_FILE
-    full = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **study}
-    _validate(path, full)
-    write_json_atomic(path, full)
-    return path
+    return _STUDY_DOC.write(Path(folder) / STUDY_FILE, study)
 
 
 def read_study(folder: os.PathLike | str) -> dict:
     """Read and validate ``study.json``; errors name the file and field."""
-    path = Path(folder) / STUDY_FILE
-    study = read_json(path)
-    _validate(path, study)
-    return study
+    return _STUDY_DOC.read(Path(folder) / STUDY_FILE)
 
 
 def _validate(path: Path, study: dict) -> None:
-    check_schema(path, study, SCHEMA, int(SCHEMA_VERSION.split(".")[0]))
     require_fields(path, study, STUDY_FIELDS)
     require_fields(path, study["stimulus_set"], {"set_id": str, "manifest_sha256": str, "random_weights": bool}, "stimulus_set.")
     for rel, entry in study["images"].items():
         if not isinstance(entry, dict) or not _IMG_NAME.match(str(entry.get("url", ""))):
             raise ContractError(path, f"field 'images.{rel}': expected {{'url': 'img/<20 hex>.png', 'sha256': ...}}")
+
+
+_STUDY_DOC = JsonDocument(SCHEMA, SCHEMA_VERSION, _validate)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from contracts.common import ContractError, check_schema, sha256_json, read_json, read_table, require_fields, write_json_atomic
+from contracts.common import ContractError, JsonDocument, read_table, require_fields, sha256_json
 
 SCHEMA = "fvmatch.session"
 SCHEMA_VERSION = "1.5"  # 1.1 adds design_sha256; 1.2 adds the trials column paused_s; 1.3: mode and online
@@ -133,11 +133,7 @@ def now_iso() -> str:
 
 def write_session_info(folder: os.PathLike | str, info: dict) -> Path:
     """Write (or rewrite) session.json atomically. ``schema`` fields are added here."""
-    path = Path(folder) / SESSION_FILE
-    full = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **info}
-    _validate_session_info(path, full)
-    write_json_atomic(path, full)
-    return path
+    return _SESSION_DOC.write(Path(folder) / SESSION_FILE, info)
 
 
 def session_mode(info: dict) -> str:
@@ -146,14 +142,10 @@ def session_mode(info: dict) -> str:
 
 
 def read_session_info(folder: os.PathLike | str) -> dict:
-    path = Path(folder) / SESSION_FILE
-    info = read_json(path)
-    _validate_session_info(path, info)
-    return info
+    return _SESSION_DOC.read(Path(folder) / SESSION_FILE)
 
 
 def _validate_session_info(path: Path, info: dict) -> None:
-    check_schema(path, info, SCHEMA, int(SCHEMA_VERSION.split(".")[0]))
     require_fields(path, info, SESSION_FIELDS)
     if info["status"] not in STATUSES:
         raise ContractError(path, f"field 'status' is {info['status']!r}, expected one of {STATUSES}")
@@ -171,6 +163,9 @@ def _validate_session_info(path: Path, info: dict) -> None:
     for key, typ in (("participant_info", dict), ("shared_images", dict), ("breaks", list), ("practice_units", dict)):
         if key in info and not isinstance(info[key], typ):
             raise ContractError(path, f"field '{key}' must be a{'n object' if typ is dict else ' list'}")
+
+
+_SESSION_DOC = JsonDocument(SCHEMA, SCHEMA_VERSION, _validate_session_info)
 
 
 class TrialLog:
