@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -17,25 +16,10 @@ from contracts.session import read_session_info, read_trials, validate_id
 from experiment import cli as session_cli
 from experiment.session_lock import LOCK_FILE, SessionLock, SessionLocked
 from experiment.storage import SessionExists
-from test_experiment_session import CLI, ROOT, display_env, run_cli, session_args  # noqa: F401 (fixture)
+from test_experiment_session import (CLI, ROOT, display_env, kill, run_cli, session_args,  # noqa: F401 (fixture)
+                                     start_hanging_session, wait_rows)
 
 WRAPPER = str(ROOT / "tools" / "with-display.sh")
-
-
-def wait_rows(folder: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        f = folder / "trials.csv"
-        if f.is_file() and f.read_text().count("\n") >= n + 1:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{n} rows not written (exit {proc.poll()}): {proc.stderr.read().decode() if proc.poll() is not None else ''}")
-
-
-def kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
 
 
 # ---- the lock itself (no window) --------------------------------------------------------------------
@@ -79,9 +63,7 @@ def test_completed_session_message_does_not_suggest_resume(tmp_path):
 @pytest.mark.display
 def test_second_writer_is_refused_and_a_killed_writer_is_taken_over(fixture_set, tmp_path, display_env):
     data = tmp_path / "data"
-    folder = data / "demo" / "sub-sim05_ses-01"
-    proc = subprocess.Popen([CLI, *session_args(fixture_set, data, "sim05"), "--sim-hang-after", "4"], env=display_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    proc, folder = start_hanging_session(fixture_set, data, "sim05", 4, display_env)
     try:
         wait_rows(folder, 4, proc)
         second = run_cli(session_args(fixture_set, data, "sim05") + ["--resume"], display_env)
@@ -154,13 +136,9 @@ def test_kill_during_the_first_session_json_write_starts_cleanly(how, fixture_se
 @pytest.mark.display
 def test_kill_before_the_first_trial_starts_cleanly(fixture_set, tmp_path, display_env):
     data = tmp_path / "data"
-    folder = data / "demo" / "sub-sim08_ses-01"
-    proc = subprocess.Popen([CLI, *session_args(fixture_set, data, "sim08"), "--sim-hang-after", "0"], env=display_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    proc, folder = start_hanging_session(fixture_set, data, "sim08", 0, display_env)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (folder / "trials.csv").is_file():
-            time.sleep(0.05)
+        wait_rows(folder, 0, proc, timeout=60)
         time.sleep(0.5)
     finally:
         kill(proc)

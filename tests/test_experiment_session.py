@@ -59,6 +59,31 @@ def session_args(stimuli: Path, data: Path, participant: str, policy: str = "ora
             "--session", "1", "--simulate", policy, "--data-dir", str(data), "--no-dialog"]
 
 
+def start_hanging_session(stimuli: Path, data: Path, participant: str, hang_after: int,
+                          env: dict) -> tuple[subprocess.Popen, Path]:
+    """A simulated session that stops answering after ``hang_after`` trials (its window stays up), and its folder."""
+    proc = subprocess.Popen([CLI, *session_args(stimuli, data, participant), "--sim-hang-after", str(hang_after)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    return proc, data / "demo" / f"sub-{participant}_ses-01"
+
+
+def wait_rows(folder: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until trials.csv holds ``n`` trials (0: the file exists), failing if the session ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        f = folder / "trials.csv"
+        if f.is_file() and f.read_text().count("\n") >= n + 1:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{n} rows not written (exit {proc.poll()}): {proc.stderr.read().decode() if proc.poll() is not None else ''}")
+
+
+def kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 def pix_per_deg(monitor: dict) -> float:
     return monitor["resolution"][0] / monitor["width_cm"] * monitor["distance_cm"] * 0.017455
 
@@ -221,23 +246,12 @@ def test_largest_n_fits_the_default_lab_screen(fixture_set, tmp_path, display_en
 
 def test_sigkill_keeps_completed_trials_and_resume_continues_in_order(fixture_set, tmp_path, display_env):
     data = tmp_path / "data"
-    folder = data / "demo" / "sub-sim02_ses-01"
-    proc = subprocess.Popen([CLI, *session_args(fixture_set, data, "sim02"), "--sim-hang-after", "5"], env=display_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    proc, folder = start_hanging_session(fixture_set, data, "sim02", 5, display_env)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (folder / "trials.csv").is_file() and (folder / "trials.csv").read_text().count("\n") >= 6:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"session ended before the kill: {proc.stderr.read().decode()}"
+        wait_rows(folder, 5, proc)
         time.sleep(0.3)  # the simulated participant has stopped: trial 6 is on screen, unanswered
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill(proc)
     assert proc.returncode == -signal.SIGKILL
     saved = read_trials(folder)
     assert list(saved.trial_index) == [0, 1, 2, 3, 4]
