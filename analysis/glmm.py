@@ -27,8 +27,9 @@ with about 10 units per layer group the layer test (a between-unit contrast) the
 of simulations at alpha = 0.05 (5% with ``laplace``; analysis/README.md). Its mean-field ``fe_sd`` is far too
 small in any case, so its SEs also come from the Hessian. Priors: N(0, fe_prior_sd^2) on fixed effects (10 by
 default: negligible at realistic sizes, it keeps separated estimates finite) and a flat prior on each random-effect
-SD in [0, 20] (or N(0, vcp_prior_sd^2) on the log SDs); p-values are Wald tests on the Laplace covariance, as F on
-Satterthwaite denominator df (analysis.satterthwaite; the layer test's capped at units - layer groups).
+SD in [0, 20] (or N(0, vcp_prior_sd^2) on the log SDs); tests are Wald tests on the Laplace covariance
+(analysis.contrasts), shown as F on Satterthwaite denominator df, their p-values with only the SD part of each
+contrast's variance estimated (analysis.satterthwaite; the layer test's df capped at units - layer groups).
 """
 
 from __future__ import annotations
