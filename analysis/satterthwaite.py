@@ -88,24 +88,24 @@ def cov_jacobian(cov_at: Callable[[np.ndarray], np.ndarray], sd: np.ndarray, com
     return out
 
 
-def contrast_ddf(L: np.ndarray, V: np.ndarray, dV: list[np.ndarray], A: np.ndarray, tol: float = 1e-10) -> float:
-    """Satterthwaite denominator df of the Wald F test of ``L b = 0`` (rows of L: contrasts); inf when V does not
-    depend on any estimated SD (the chi-square is then exact in the large-sample sense)."""
+def _eigen_contrasts(L: np.ndarray, V: np.ndarray, dV: list[np.ndarray], A: np.ndarray,
+                     tol: float) -> list[tuple[float, np.ndarray, float]]:
+    """The eigen-contrasts l_m of L V L' that carry variance: (l_m' V l_m, g_m = d(l_m' V l_m)/d sd, g_m' A g_m)."""
     L = np.atleast_2d(L)
     LVL = L @ V @ L.T
     lam, P = np.linalg.eigh((LVL + LVL.T) / 2)
     keep = lam > tol * max(1.0, lam.max(initial=0.0))
-    if not keep.any():
-        return np.nan
-    if A.size == 0:
-        return np.inf
-    nus = []
+    out = []
     for m in np.flatnonzero(keep):
         l = P[:, m] @ L
         g = np.array([l @ d @ l for d in dV])
-        var_of_var = float(g @ A @ g)
-        nus.append(np.inf if var_of_var <= 0 else 2 * lam[m] ** 2 / var_of_var)
-    nus = np.array(nus)
+        out.append((float(lam[m]), g, float(g @ A @ g) if A.size else 0.0))
+    return out
+
+
+def _combined_ddf(parts: list[tuple[float, np.ndarray, float]]) -> float:
+    """lmerTest's combination of the eigen-contrasts' df into one ddf of the q-df test."""
+    nus = np.array([np.inf if vv <= 0 else 2 * lam ** 2 / vv for lam, _, vv in parts])
     q = nus.size
     if q == 1:
         return float(nus[0])
@@ -115,6 +115,15 @@ def contrast_ddf(L: np.ndarray, V: np.ndarray, dV: list[np.ndarray], A: np.ndarr
         return np.inf
     e = float(np.sum(np.where(np.isinf(nus), 1.0, nus / (nus - 2))))
     return 2 * e / (e - q) if e > q else np.inf
+
+
+def contrast_ddf(L: np.ndarray, V: np.ndarray, dV: list[np.ndarray], A: np.ndarray, tol: float = 1e-10) -> float:
+    """Satterthwaite denominator df of the Wald F test of ``L b = 0`` (rows of L: contrasts); inf when V does not
+    depend on any estimated SD (the chi-square is then exact in the large-sample sense)."""
+    parts = _eigen_contrasts(L, V, dV, A, tol)
+    if not parts:
+        return np.nan
+    return np.inf if A.size == 0 else _combined_ddf(parts)
 
 
 @dataclass(frozen=True)
@@ -135,22 +144,17 @@ def contrast_reference(L: np.ndarray, V: np.ndarray, dV: list[np.ndarray], A: np
                        tol: float = 1e-10) -> Reference:
     """:class:`Reference` of the test of ``L b = 0``; ``sd`` are the SDs of ``dV``/``A`` (the interior ones). For
     q > 1 the eigen-contrasts' shares and df are averaged: they share one estimate of the SDs."""
-    ddf = contrast_ddf(L, V, dV, A, tol)
-    L = np.atleast_2d(L)
-    LVL = L @ V @ L.T
-    lam, P = np.linalg.eigh((LVL + LVL.T) / 2)
-    keep = lam > tol * max(1.0, lam.max(initial=0.0))
-    if not keep.any() or A.size == 0:
-        return Reference(ddf, 0.0, np.inf)
+    parts = _eigen_contrasts(L, V, dV, A, tol)
+    if not parts:
+        return Reference(np.nan, 0.0, np.inf)
+    if A.size == 0:
+        return Reference(np.inf, 0.0, np.inf)
     shares, dfs = [], []
-    for m in np.flatnonzero(keep):
-        l = P[:, m] @ L
-        g = np.array([l @ d @ l for d in dV])
-        v_sd = float(np.clip(np.asarray(sd) / 2 @ g, 0.0, lam[m]))  # the part proportional to the squared SDs
-        var_of_var = float(g @ A @ g)
-        shares.append(v_sd / lam[m])
+    for lam, g, var_of_var in parts:
+        v_sd = float(np.clip(np.asarray(sd) / 2 @ g, 0.0, lam))  # the part proportional to the squared SDs
+        shares.append(v_sd / lam)
         dfs.append(np.inf if var_of_var <= 0 or v_sd == 0 else 2 * v_sd ** 2 / var_of_var)
-    return Reference(ddf, float(np.mean(shares)), float(np.mean(dfs)))
+    return Reference(_combined_ddf(parts), float(np.mean(shares)), float(np.mean(dfs)))
 
 
 def partly_known_p_value(chi2: float, q: int, ref: Reference) -> float:
