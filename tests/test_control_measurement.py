@@ -94,7 +94,7 @@ def test_silent_parts_split_the_unit_into_its_own_filter_and_the_silent_one(buil
     assert not d.tripped.any() and not d.dominated.any() and (d.silent_part == 0).all() and (d.silent_share == 0).all()
     assert (d.activation.to_numpy() == orig).all()
     on = copy.deepcopy(net)  # the same filter switched on everywhere: a bias far above its natural maximum
-    m, k = E._slot(on, "inception3a", 70)
+    m, k = S.silent_slot(on, "inception3a", 70)
     with torch.no_grad():
         m.silent.bias[k] = abs(specs[1].bias) * 10
     d = E.silent_parts(on, "inception3a", 70, x)

@@ -24,18 +24,8 @@ import pandas as pd
 import torch
 
 from stimuli_gen.manipulate import silent as S
-from stimuli_gen.manipulate.networks import sites_for
 
 DOMINATED = 0.5  # silent share above which the silent filter, not the unit's own filter, drives the unit
-
-
-def _slot(net: S.SilentUnitsGoogLeNet | S.SilentUnitsInceptionV1, layer: str, channel: int) -> tuple[torch.nn.Module, int]:
-    """The silent module next to unit ``layer:channel`` and the unit's row in it (ValueError if it has none)."""
-    branch, j = S.locate(net, layer, channel)
-    m = sites_for(net).get(net, layer, branch)
-    if not isinstance(m, S.SilentConv) or not bool((m.index == j).any()):
-        raise ValueError(f"unit {layer}:{channel} has no silent filter in this network")
-    return m, int((m.index == j).nonzero()[0, 0])
 
 
 @torch.inference_mode()
@@ -43,7 +33,7 @@ def silent_parts(net: S.SilentUnitsGoogLeNet | S.SilentUnitsInceptionV1, layer: 
                  relu: str = "pre") -> pd.DataFrame:
     """Per image of ``x01`` (``B x 3 x H x W`` in [0, 1]): ``activation``, ``silent_part``, ``silent_share``,
     ``tripped`` and ``dominated`` of unit ``layer:channel`` in the manipulated network ``net``."""
-    m, k = _slot(net, layer, channel)
+    m, k = S.silent_slot(net, layer, channel)
     pre: list[torch.Tensor] = []  # the silent filter's response w_f * x + b_f (before its ReLU)
     hook = m.silent.register_forward_hook(lambda mod, inp, out: pre.append(out[:, k].float()))
     try:

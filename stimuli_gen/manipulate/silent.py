@@ -195,9 +195,17 @@ def build(base: FeatureNet, specs: list[SilentUnit]) -> SilentUnitsGoogLeNet | S
     return out
 
 
+def silent_slot(net: FeatureNet, layer: str, channel: int) -> tuple[SilentConv, int]:
+    """The silent module next to unit ``layer:channel`` and the unit's row in it (ValueError if it has none)."""
+    branch, j = locate(net, layer, channel)
+    m = sites_for(net).get(net, layer, branch)
+    if not isinstance(m, SilentConv) or not bool((m.index == j).any()):
+        raise ValueError(f"unit {layer}:{channel} has no silent filter in this network")
+    return m, int((m.index == j).nonzero()[0, 0])
+
+
 def _module_and_slot(net: FeatureNet, s: SilentUnit) -> tuple[SilentConv, int]:
-    m = sites_for(net).get(net, s.layer, s.branch)
-    return m, int((m.index == s.branch_channel).nonzero()[0, 0])
+    return silent_slot(net, s.layer, s.channel)
 
 
 def deepest(net: FeatureNet, specs: list[SilentUnit]) -> str:
