@@ -15,6 +15,13 @@ from contracts.results import CHANCE
 CONDITION = ("trial_type", "layer_group", "n_images")
 
 
+def main_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Main trials only: practice and catch trials are not conditions of the study. The flags may be booleans (as
+    loaded through the contract) or a raw trials.csv's 0/1."""
+    flag = lambda c: trials[c].astype(str).str.lower().isin(["1", "true"])  # noqa: E731
+    return trials[~flag("is_practice") & ~flag("is_catch")]
+
+
 def rows_long(trials: pd.DataFrame) -> pd.DataFrame:
     """One record per (trial, reference row): the per-row outcome with the unit of that row."""
     base = trials.assign(trial_uid=trials.participant + "|" + trials.session.astype(str) + "|" + trials.trial_index.astype(str))

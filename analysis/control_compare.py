@@ -20,17 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.accuracy import condition_accuracy, participant_accuracy
+from analysis.accuracy import condition_accuracy, main_trials, participant_accuracy
 from analysis.report import Block, write_report
 
 KEYS = ("trial_type", "layer_group")
 LABELS = ("original", "manipulated")
-
-
-def main_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """Main trials only: practice and catch trials are not conditions of the study."""
-    flag = lambda c: trials[c].astype(str).str.lower().isin(["1", "true"])  # noqa: E731
-    return trials[~flag("is_practice") & ~flag("is_catch")]
 
 
 def accuracy_table(studies: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 1) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from analysis.accuracy import main_trials
 from analysis.glmm import ModelOptions, fit_mixedlm_cells, fit_row_glmm, fit_trial_glmm
 from analysis.simulate import DEFAULT_DESIGN, GENERATORS, SimulationSpec, simulate_trials
 
@@ -38,10 +39,6 @@ class StudyResult:
     fixed: pd.DataFrame  # seed, model, term, estimate, se, ci_low, ci_high
     random: pd.DataFrame  # seed, model, component, sd, sd_ci_low, sd_ci_high
     seconds: float
-
-
-def _main_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[~trials.is_practice & ~trials.is_catch]
 
 
 def run_study(spec: SimulationSpec, seeds: Iterable[int], models: Iterable[str] = ("glmm_trial",),
@@ -62,7 +59,7 @@ def run_study(spec: SimulationSpec, seeds: Iterable[int], models: Iterable[str] 
         it = tqdm(seeds, desc="replicates", file=sys.stderr)
     for seed in it:
         trials, _ = simulate_trials(spec, seed=seed)
-        main = _main_trials(trials)
+        main = main_trials(trials)
         for name in models:
             fit = FITTERS[name](main, opts)
             tag = {"seed": seed, "model": name, "status": fit.status}
