@@ -38,6 +38,14 @@ CHANCE_ROW = 1 / 3
 CHANCE_TRIAL = 1 / 6
 
 
+def _triplets(unit_ids, max_triplets: int, rng: np.random.Generator) -> list[tuple]:
+    """Every triplet of a layer group's units, or a seeded sample of ``max_triplets`` of them (in order)."""
+    triplets = list(itertools.combinations(list(unit_ids), 3))
+    if len(triplets) > max_triplets:
+        triplets = [triplets[i] for i in sorted(rng.choice(len(triplets), max_triplets, replace=False))]
+    return triplets
+
+
 def candidate_trials(units: pd.DataFrame, images: pd.DataFrame, n_images: list[int], max_triplets: int = 40,
                      seed: int = 0) -> list[dict]:
     """Every trial the measurement shows: ``{group, trial_type, n, triplet, reference_files, candidate_files}``
@@ -47,11 +55,7 @@ def candidate_trials(units: pd.DataFrame, images: pd.DataFrame, n_images: list[i
     rng = np.random.default_rng(seed)
     trials = []
     for group, gu in units.groupby("group", sort=False):
-        ids = list(gu.unit_id)
-        triplets = list(itertools.combinations(ids, 3))
-        if len(triplets) > max_triplets:
-            triplets = [triplets[i] for i in sorted(rng.choice(len(triplets), max_triplets, replace=False))]
-        for trip, n, s in itertools.product(triplets, n_images, (0, 1)):
+        for trip, n, s in itertools.product(_triplets(gu.unit_id, max_triplets, rng), n_images, (0, 1)):
             ref_ranks, cand_ranks = abba_split(n, s)
             nat = [files.get((u, "natural_max"), {}) for u in trip]
             fv = [files.get((u, "feature_vis"), {}) for u in trip]
@@ -98,10 +102,7 @@ def fv_cross_set_accuracy(root_a: str | Path, root_b: str | Path, layer: str = "
     rng = np.random.default_rng(seed)
     rows = []
     for group, gu in a.units.groupby("group", sort=False):
-        triplets = list(itertools.combinations(list(gu.unit_id), 3))
-        if len(triplets) > max_triplets:
-            triplets = [triplets[i] for i in sorted(rng.choice(len(triplets), max_triplets, replace=False))]
-        for trip, n in itertools.product(triplets, n_images or [1, 3, 5]):
+        for trip, n in itertools.product(_triplets(gu.unit_id, max_triplets, rng), n_images or [1, 3, 5]):
             fa, fb = [fv(a, u) for u in trip], [fv(b, u) for u in trip]
             if any(len(f) < n for f in fa + fb):
                 continue
