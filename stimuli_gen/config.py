@@ -87,6 +87,11 @@ class ExemplarConfig:
     activations_from: str | None = None  # an earlier set saved with save_activations: no pass, re-use them
     checkpoint_every_s: float = 60.0
 
+    @property
+    def resolved_margin(self) -> int:
+        """The extra candidates re-scored in fp32 (``margin``, or k when it is not given)."""
+        return self.k if self.margin is None else self.margin
+
 
 @dataclass
 class FeatureVisConfig:

@@ -272,10 +272,9 @@ def _exemplar_pass(run: _Run, candidates: pd.DataFrame, groups: dict, units: pd.
     merged across ranks: each candidate unit's top and bottom candidate images."""
     cfg, info, model = run.cfg, run.info, run.model
     ex, col = cfg.exemplars, cfg.collection
-    margin = ex.k if ex.margin is None else ex.margin
     opts = PassOptions(statistic=ex.statistic, relu=ex.relu, precision=ex.precision, channels_last=ex.channels_last,
                        batch_size=col.batch_size, workers=_workers(col.workers), decoder=run.decoder,
-                       keep=min(ex.k + ex.spares + margin, len(run.paths)), checkpoint_every_s=ex.checkpoint_every_s)
+                       keep=min(ex.k + ex.spares + ex.resolved_margin, len(run.paths)), checkpoint_every_s=ex.checkpoint_every_s)
     precision = opts.resolved_precision(run.device)
     run.say(f"model {model.name} ({model.weights['identity']}), device {run.device}, {info.world_size} process(es), "
             f"{len(units)} units in {units.group.nunique()} groups"
@@ -335,10 +334,9 @@ def _choose_natural(run: _Run, pas: _PassResult, candidates: pd.DataFrame) -> tu
     natural["spare"] = (natural["rank"] >= ex.k).astype(int)  # 0/1 like the contract booleans
     n_changed = int((natural.activation != natural.pass_activation).sum())
     if natural.attrs["boundary"] and not exact:
-        margin = ex.k if ex.margin is None else ex.margin
         run.warn(f"the last of the {pas.opts.keep} candidates was chosen for {len(natural.attrs['boundary'])} unit "
                  f"side(s) (e.g. {natural.attrs['boundary'][0]}): the fp32 ranking may reach beyond the "
-                 f"candidates there; run again with a larger --margin (now {margin})")
+                 f"candidates there; run again with a larger --margin (now {ex.resolved_margin})")
     run.say(f"exemplars: {len(natural)} chosen from {len(cand)} candidates" + (
         "" if exact else f"; fp32 re-scoring changed {n_changed} values of the {pas.precision} pass"))
     return natural, bottom_ties
@@ -412,7 +410,7 @@ def _manifest(run: _Run, pas: _PassResult, groups: dict, units: pd.DataFrame, bo
                        "n_converted": len(pas.converted), "paths_sha256": sha256_json(run.paths),
                        "preprocess": run.pp.to_dict(), "decoder": run.decoder},
         "exemplars": {"statistic": ex.statistic, "relu": ex.relu, "k": ex.k, "spares": ex.spares,
-                      "margin": ex.k if ex.margin is None else ex.margin,
+                      "margin": ex.resolved_margin,
                       "candidates_per_side": pas.opts.keep, "pass_precision": pas.precision,
                       "final_precision": ("fp32 (the pass itself)" if _exact_pass(run, pas)
                                           else "fp32 (candidates re-scored, TF32 off)"),
