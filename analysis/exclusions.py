@@ -195,12 +195,13 @@ def apply_exclusions(trials: pd.DataFrame, sessions: pd.DataFrame, min_catch_acc
         kept = kept[~kept.session_folder.isin(set(incomplete_rows.folder))]
 
     rows, excluded, not_checked = [], [], []
+    by_session = dict(tuple(kept.groupby("session_folder", sort=False)))
     for s in sessions.itertuples():
-        if s.folder not in set(kept.session_folder):
+        if s.folder not in by_session:
             continue
         info = infos.get(s.folder) or {"status": s.status, "n_trials_planned": s.n_trials_planned,
                                        "simulated": s.simulated, "runs": None, "started": None}
-        v = evaluate_session(kept[kept.session_folder == s.folder], info, rules)
+        v = evaluate_session(by_session[s.folder], info, rules)
         if s.folder not in infos:
             v.not_evaluated.setdefault("instructions", "session.json not given to the rules")
             v.not_evaluated["total_time"] = "session.json not given to the rules"
