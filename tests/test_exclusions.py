@@ -15,6 +15,7 @@ import pytest
 
 from analysis.exclusion_rules import RULE_KEYS, SHIPPED_RULES, ExclusionRules, RulesError, load_rules
 from analysis.exclusions import evaluate_session
+from session_builders import finished_lab_session
 
 T0 = dt.datetime(2026, 12, 2, 9, 0, tzinfo=dt.timezone.utc)
 
@@ -127,31 +128,16 @@ def test_bad_rules_files_name_the_file_and_key(tmp_path, text, match):
 
 def _lab_session(data: Path, experiment: str, pid: str, k: int, fixture_set: Path, assignment=None,
                  instructions_s: float | None = 42.0, old_schema: bool = False) -> Path:
-    """A finished lab session written with the lab's storage code (the PsychoPy window left out)."""
-    from contracts.session import TRIALS_FILE, TrialLog, now_iso
-    from contracts.stimulus_set import load_stimulus_set
-    from experiment.config import load_design
-    from experiment.design import correct_assignment
-    from experiment.storage import new_session, save_info, trial_row
+    """A finished lab session (session_builders); ``old_schema``: as written before session schema 1.5, without
+    instructions_s."""
+    from contracts.session import now_iso
 
-    plan = new_session(data, experiment, pid, 1, load_design("demo"), load_stimulus_set(fixture_set), counterbalance=k)
-    plan.folder.mkdir(parents=True)
-    frames = {"frames": 100, "frames_dropped": 0, "frame_interval_mean_ms": 16.7, "frame_interval_sd_ms": 0.2}
     started = now_iso()
-    with TrialLog(plan.folder / TRIALS_FILE) as log:
-        for t in plan.trials:
-            a = assignment or correct_assignment(t.candidate_units)
-            log.append(trial_row(plan, t, [], [[1.0, "confirm", None]], a, now_iso(), frames))
-    plan.info.update(status="completed", n_trials_completed=len(plan.trials), ended=now_iso(), instructions_s=instructions_s,
-                     runs=[{"started": started, "ended": now_iso(), "start_index": 0, "status": "completed"}])
-    save_info(plan)
-    if old_schema:  # as written by fvmatch before session schema 1.5: no instructions_s
-        p = plan.folder / "session.json"
-        info = json.loads(p.read_text())
-        info.pop("instructions_s")
-        info["schema_version"] = "1.4"
-        p.write_text(json.dumps(info))
-    return plan.folder
+    return finished_lab_session(
+        data, experiment, pid, k, fixture_set, assignment=(lambda t: assignment) if assignment else None,
+        finish_info=lambda: {"ended": now_iso(), "instructions_s": instructions_s,
+                             "runs": [{"started": started, "ended": now_iso(), "start_index": 0, "status": "completed"}]},
+        older=("instructions_s", "1.4") if old_schema else None)
 
 
 def _online_session(study, pid: str, instructions_s: float) -> None:

@@ -23,6 +23,7 @@ from online.config import OnlineConfigError, load_online_config
 from online.export import ExportError, design_images, export_study
 from online.server import MAX_BODY, StudyServer
 from online.sessions import OnlineStudy
+from session_builders import finished_lab_session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -264,26 +265,12 @@ def test_static_files_only(served):
 # --- session contract 1.3: mode; lab and online together in the analysis -----------------------------------
 
 def _lab_session(data: Path, experiment: str, pid: str, k: int, fixture_set: Path, old_schema: bool = False) -> Path:
-    """A finished lab session written with the lab's storage code (the PsychoPy window left out)."""
-    from contracts.session import TRIALS_FILE, TrialLog
-    from experiment.storage import save_info, trial_row
-
-    plan = new_session(data, experiment, pid, 1, load_design("demo"), load_stimulus_set(fixture_set), counterbalance=k)
-    plan.folder.mkdir(parents=True)
-    frames = {"frames": 100, "frames_dropped": 0, "frame_interval_mean_ms": 16.7, "frame_interval_sd_ms": 0.2}
-    with TrialLog(plan.folder / TRIALS_FILE) as log:
-        for t in plan.trials:
-            a = correct_assignment(t.candidate_units) if t.trial_index % 3 else [0, 1, 2]
-            log.append(trial_row(plan, t, [], [[1.0, "confirm", None]], a, "2026-12-02T05:00:00+00:00", frames))
-    plan.info.update(status="completed", n_trials_completed=len(plan.trials))
-    save_info(plan)
-    if old_schema:  # as written by fvmatch before session schema 1.3: no mode
-        p = plan.folder / "session.json"
-        info = json.loads(p.read_text())
-        info.pop("mode")
-        info["schema_version"] = "1.2"
-        p.write_text(json.dumps(info))
-    return plan.folder
+    """A finished lab session (session_builders), straight across on every third trial; ``old_schema``: as written
+    before session schema 1.3, without mode."""
+    return finished_lab_session(
+        data, experiment, pid, k, fixture_set,
+        assignment=lambda t: correct_assignment(t.candidate_units) if t.trial_index % 3 else [0, 1, 2],
+        onset="2026-12-02T05:00:00+00:00", older=("mode", "1.2") if old_schema else None)
 
 
 def test_session_mode_lab_online_and_older_sessions(served, fixture_set):
