@@ -54,7 +54,8 @@ def wald(L: np.ndarray, b: np.ndarray, V: np.ndarray) -> tuple[float, int, float
 
 def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarray, V: np.ndarray,
                         scale: str, method: str, n_units: int = 0,
-                        reference_fn: Callable[[np.ndarray], Reference] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        reference_fn: Callable[[np.ndarray], Reference] | None = None,
+                        unit_sd_at_boundary: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tests of each factor (averaged over the others) and of type x layer; contrasts of type per layer and
     model-based means per type x layer (random effects at zero).
 
@@ -63,7 +64,8 @@ def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarra
     the SDs as estimated (``sd_share``, with ``sd_df`` df; analysis.satterthwaite.partly_known_p_value); without
     it, chi-square. The layer main effect is a between-unit contrast (every unit belongs to one layer group): its
     information comes from ``n_units`` units, so ddf and sd_df are capped at the containment df n_units - layer
-    groups (with ``n_units`` given; without ``reference_fn`` the test is F on that df). Levels under a true null,
+    groups (with ``n_units`` given; without ``reference_fn``, or with ``unit_sd_at_boundary`` (the unit SD
+    estimated at 0, so no curvature says how uncertain it is), the test is F on that df). Levels under a true null,
     200 simulated studies with 10 units per group (analysis/README.md): the chi-square 8.5-12.5%, F on the
     containment df 6-10%, F on Satterthwaite df 1.5-3%."""
     grid = _grid(frame, rhs)
@@ -85,7 +87,8 @@ def tests_and_contrasts(frame: pd.DataFrame, rhs: str, design_info, b: np.ndarra
             if cap:
                 # no estimated SD moves a between-unit contrast (the unit SD at the boundary): F on the containment
                 # df, conservatively, as before the refinement
-                ref = ref.capped(ddf_layer) if np.isfinite(ref.sd_df) else Reference(float(ddf_layer), 1.0, float(ddf_layer))
+                ref = (Reference(float(ddf_layer), 1.0, float(ddf_layer)) if unit_sd_at_boundary or not np.isfinite(ref.sd_df)
+                       else ref.capped(ddf_layer))
             if not np.isfinite(ref.ddf):
                 tests.append(rec)  # V does not depend on an estimated SD: the chi-square
                 return

@@ -48,7 +48,7 @@ from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 from analysis.accuracy import rows_long
 from analysis.laplace import fit_laplace, log_sd_covariance
 from analysis.contrasts import Z95, tests_and_contrasts
-from analysis.satterthwaite import Reference, contrast_reference, cov_jacobian, sd_covariance
+from analysis.satterthwaite import BOUNDARY_SD, Reference, contrast_reference, cov_jacobian, sd_covariance
 
 try:  # optional (present with PsychoPy's dependencies); without it BLAS keeps its default threads
     from threadpoolctl import threadpool_limits
@@ -401,7 +401,8 @@ def fit_bayes_glmm(name: str, outcome: str, frame: pd.DataFrame, y: np.ndarray, 
               and lf.problem is not None else None)
     fit.tests, fit.contrasts = tests_and_contrasts(frame, rhs, X.design_info, b, Vb, "logit",
                                                    "Wald chi-square on the Laplace covariance" + (" (trial-clustered sandwich)" if clusters is not None else ""),
-                                                   n_units=n_units if "unit" in blocks else 0, reference_fn=reference_fn)
+                                                   n_units=n_units if "unit" in blocks else 0, reference_fn=reference_fn,
+                                                   unit_sd_at_boundary="unit" in blocks and dict(zip(blocks, sds))["unit"] < BOUNDARY_SD)
     fit.seconds = time.perf_counter() - t0
     fit.status = _status(fit)
     return fit

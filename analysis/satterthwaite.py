@@ -165,6 +165,8 @@ def partly_known_p_value(chi2: float, q: int, ref: Reference) -> float:
         return np.nan
     if f == 0 or not np.isfinite(nu):
         return float(stats.chi2.sf(chi2, q))
+    if f == 1:  # the whole variance estimated: F(q, nu) in closed form (exact also far in the tail)
+        return float(stats.f.sf(chi2 / q, q, nu))
     # the expectation over s as a mean over its quantiles (midpoint rule on [0, 1]): the integrand is bounded and
     # monotone for any nu (the density of s is not, for nu < 2), so the error is below 1 / QUANTILE_NODES
     return float(np.mean(stats.chi2.sf(chi2 * (1 - f + f * _quantiles(float(nu))), q)))

@@ -145,6 +145,20 @@ def test_layer_test_uses_satterthwaite_df_capped_by_the_units(main_trials):
     assert inter.p_value == pytest.approx(stats.chi2.sf(inter.chi2, inter.df), rel=0.05)
 
 
+def test_layer_test_with_the_unit_sd_at_the_boundary_is_f_on_the_containment_df():
+    """A unit SD estimated at 0 carries no curvature: the layer contrast's variance then looks like Bernoulli and
+    participant variance only (sd_share 0.02 here), and the partly-known reference would be nearly the chi-square,
+    although the unit SD is only unseen, not known to be 0 (in the null studies such replicates rejected in most
+    cases). The layer test then keeps F on the containment df, as the code's fallback intends."""
+    from scipy import stats
+
+    trials, _ = simulate_trials(SimulationSpec.from_design(n_participants=12), seed=1)
+    fit = fit_trial_glmm(trials[~trials.is_practice & ~trials.is_catch], ModelOptions(sd_intervals=False))
+    assert fit.random.set_index("component").sd["unit"] < 0.05  # the case: unit SD at the boundary
+    lay = fit.tests.set_index("test").loc["layer group (main effect)"]
+    assert lay.ddf == fit.n_units - 3 and lay.p_value == pytest.approx(stats.f.sf(lay.F, lay.df, fit.n_units - 3), rel=1e-3)
+
+
 def test_layer_df_falls_back_to_the_containment_df_without_sd_curvature(main_trials):
     """With the log-normal SD prior (no restricted-likelihood curvature here) the layer test keeps F on
     (df, units - layer groups) and the within-unit tests stay chi-square."""
